@@ -1,0 +1,23 @@
+"""Feature extractors, found by name through the registry in :mod:`beatmap_fid.extractors.base`.
+
+Importing this package registers the built-in extractors; each module keeps its heavy imports
+(torch models, open_clip, transformers) inside its factory.
+"""
+
+from beatmap_fid.extractors.base import (
+    Extractor,
+    Item,
+    build_extractor,
+    config_hash,
+    extractor_infos,
+    register_extractor,
+)
+
+__all__ = [
+    "Extractor",
+    "Item",
+    "build_extractor",
+    "config_hash",
+    "extractor_infos",
+    "register_extractor",
+]
