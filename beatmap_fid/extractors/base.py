@@ -11,6 +11,7 @@ transformers) happen inside the factory, never when ``beatmap_fid`` is imported.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,15 @@ class ExtractorInfo:
 
 _REGISTRY: dict[str, ExtractorInfo] = {}
 
+BUILTIN_EXTRACTOR_MODULES = (
+    "beatmap_fid.extractors.descriptors",
+    "beatmap_fid.extractors.mapper_classifier",
+    "beatmap_fid.extractors.clip",
+    "beatmap_fid.extractors.efficientnet",
+    "beatmap_fid.extractors.inception",
+    "beatmap_fid.extractors.audio",
+)
+
 
 def register_extractor(
     name: str,
@@ -90,9 +100,9 @@ def register_extractor(
 
 
 def _load_builtin_extractors() -> None:
-    # Importing the package's modules registers the built-in extractors; the modules keep
-    # their heavy imports inside their factories.
-    import beatmap_fid.extractors  # noqa: F401
+    """Import the built-in extractor modules, which register themselves."""
+    for module in BUILTIN_EXTRACTOR_MODULES:
+        importlib.import_module(module)
 
 
 def extractor_infos() -> list[ExtractorInfo]:

@@ -1,0 +1,103 @@
+"""Appends a deterministic sequence of batches to a store, printing ``done B`` after each.
+
+Run as a child process by tests/test_store.py, which kills it at chosen moments and checks
+that the store survives. With ``--paced`` it reads one byte of stdin before each batch, so
+that the test decides how far it may get. ``--die-before-commit B`` makes it kill itself inside batch B, after
+the batch's rows are flushed to disk but before ``n_rows`` commits them. With
+``--stale-superblock`` it first puts back the end-of-allocation address of the last commit into
+the superblock: the state a kill inside HDF5's flush leaves, since HDF5 writes the superblock
+after the rest of the metadata.
+
+    python tests/store_writer_child.py STORE N_BATCHES BATCH_SIZE DIM [--paced]
+        [--die-before-commit B [--stale-superblock]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import h5py
+import numpy as np
+
+from beatmap_fid.store import StoreWriter, superblock_eoa_field
+
+EXTRACTOR = "kill-test"
+CONFIG = {"purpose": "kill test", "version": 1}
+
+
+def make_batch(index: int, batch_size: int, dim: int) -> tuple[list[str], np.ndarray, list]:
+    """Batch ``index``: unicode ids (the first repeats the previous batch's last), vectors, labels."""
+    rng = np.random.default_rng(index)
+    ids = [f"譜面-{index:04d}-{row:03d}" for row in range(batch_size)]
+    if index > 0:
+        ids[0] = f"譜面-{index - 1:04d}-{batch_size - 1:03d}"
+    vectors = rng.standard_normal((batch_size, dim)).astype(np.float32)
+    labels = [None if row % 3 == 0 else f"mapper {row % 5}" for row in range(batch_size)]
+    return ids, vectors, labels
+
+
+def write_batches(
+    path: str, n_batches: int, batch_size: int, dim: int, report=None, before_batch=None
+) -> None:
+    """Append batches 0 .. n_batches-1 to the store at ``path`` (resuming if it exists)."""
+    with StoreWriter(path, EXTRACTOR, CONFIG, dim) as writer:
+        for index in range(n_batches):
+            if before_batch is not None:
+                before_batch()
+            writer.append(*make_batch(index, batch_size, dim))
+            if report is not None:
+                report(index)
+
+
+def _die_inside_batch(batch: int, current: list[int], stale_superblock: bool) -> None:
+    """Make ``h5py.File.flush`` kill the process once batch ``batch`` has flushed its rows."""
+    real_flush = h5py.File.flush
+    committed_eoa = {}
+
+    def flush_then_die(file: h5py.File) -> None:
+        real_flush(file)
+        with open(file.filename, "rb") as raw:
+            header = raw.read(64)
+        at, size = superblock_eoa_field(header)
+        if file["vectors"].shape[0] == int(file.attrs["n_rows"]):
+            committed_eoa["bytes"] = header[at : at + size]
+        elif current[0] == batch:
+            if stale_superblock:
+                descriptor = os.open(file.filename, os.O_WRONLY)
+                os.pwrite(descriptor, committed_eoa["bytes"], at)
+                os.close(descriptor)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    h5py.File.flush = flush_then_die
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("store")
+    parser.add_argument("n_batches", type=int)
+    parser.add_argument("batch_size", type=int)
+    parser.add_argument("dim", type=int)
+    parser.add_argument("--die-before-commit", type=int, default=None)
+    parser.add_argument("--stale-superblock", action="store_true")
+    parser.add_argument(
+        "--paced", action="store_true", help="read one byte of stdin before each batch"
+    )
+    args = parser.parse_args()
+    current = [0]
+    if args.die_before_commit is not None:
+        _die_inside_batch(args.die_before_commit, current, args.stale_superblock)
+
+    def report(index: int) -> None:
+        current[0] = index + 1
+        print(f"done {index}", flush=True)
+
+    print("started", flush=True)
+    before_batch = (lambda: sys.stdin.buffer.read(1)) if args.paced else None
+    write_batches(args.store, args.n_batches, args.batch_size, args.dim, report, before_batch)
+
+
+if __name__ == "__main__":
+    main()
