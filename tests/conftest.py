@@ -33,3 +33,15 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "beatmaps").is_dir():
         pytest.skip("real data folder ../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_beatmaps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of synthetic osu!standard maps in two styles, ``flow/`` and ``jumps/``
+    (6 maps of 30 s each, creators ``<style>_0`` and ``<style>_1``, click-track audio)."""
+    from beatmap_fid.beatmap.synthetic import write_synthetic_set
+
+    root = tmp_path_factory.mktemp("synthetic_beatmaps")
+    for seed, style in enumerate(("flow", "jumps"), start=1):
+        write_synthetic_set(root / style, 6, seed=seed, style=style, duration_s=30.0, audio=True)
+    return root

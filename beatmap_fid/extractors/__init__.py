@@ -1,7 +1,8 @@
 """Feature extractors, found by name through the registry in :mod:`beatmap_fid.extractors.base`.
 
-Importing this package registers the built-in extractors; each module keeps its heavy imports
-(torch models, open_clip, transformers) inside its factory.
+The built-in extractor modules are imported (and so registered) the first time the registry is
+asked for an extractor; each keeps its heavy imports (torch models, open_clip, transformers)
+inside its factory.
 """
 
 from beatmap_fid.extractors.base import (

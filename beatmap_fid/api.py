@@ -1,0 +1,367 @@
+"""The library's front door: embed sources into stores and compute FID in one call.
+
+These functions tie the stages together (extractor → store → statistics → Fréchet distance);
+every numeric step lives in its own module. Sources may be folders or files (embedded with an
+extractor, resumably, into an HDF5 store), existing stores, or cached ``.npz`` statistics.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import slider
+from tqdm.auto import tqdm
+
+from beatmap_fid.beatmap.reading import BeatmapFile, parse_beatmap_text, read_beatmap_file
+from beatmap_fid.errors import (
+    ExtractorError,
+    InputError,
+    InsufficientSamplesError,
+    SkipLog,
+    SourceError,
+)
+from beatmap_fid.extractors.base import Extractor, Item, batched, build_extractor
+from beatmap_fid.frechet import frechet_distance
+from beatmap_fid.stats import GaussianStats, RunningGaussian
+from beatmap_fid.store import EmbeddingStore, StoreWriter
+
+DEFAULT_EXTRACTOR = "descriptors"
+
+
+def default_store_dir() -> Path:
+    """Where stores of embedded folders go when no ``store_dir`` is given.
+
+    ``$BEATMAP_FID_CACHE`` when set, else ``~/.cache/beatmap_fid/stores``.
+    """
+    root = os.environ.get("BEATMAP_FID_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "beatmap_fid" / "stores"
+
+
+@dataclass
+class EmbedResult:
+    """What :func:`embed_to_store` did: the store, its rows for this source, and what was skipped."""
+
+    store_path: Path
+    ids: list[str]
+    written: int
+    reused: int
+    skipped: SkipLog = field(default_factory=SkipLog)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_sources(self) -> int:
+        """Number of distinct files behind the items (ids are ``file#index`` for windows)."""
+        return len({item_id.split("#", 1)[0] for item_id in self.ids})
+
+
+def _extractor_batches(extractor: Extractor, items: Iterable[Item], batch_size: int):
+    make_batches = getattr(extractor, "batches", None)
+    if make_batches is not None:
+        return make_batches(items, batch_size)
+    return batched(items, batch_size)
+
+
+def embed_to_store(
+    source: str | Path,
+    extractor: Extractor | str = DEFAULT_EXTRACTOR,
+    store_path: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+    **extractor_options: Any,
+) -> EmbedResult:
+    """Embed every item of ``source`` into the store at ``store_path``, resumably.
+
+    Items whose ids the store already holds are not embedded again, so an interrupted run
+    continues where it stopped and a re-run costs only the enumeration of items.
+    """
+    if isinstance(extractor, str):
+        extractor = build_extractor(extractor, **extractor_options)
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"source {source} does not exist")
+    if store_path is None:
+        store_path = store_path_for(source, extractor)
+    store_path = Path(store_path)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+
+    skipped = SkipLog()
+    ids: list[str] = []
+    written = reused = 0
+    with StoreWriter(store_path, extractor.name, extractor.config, extractor.dim) as writer:
+
+        def new_items() -> Iterator[Item]:
+            nonlocal reused
+            for item in extractor.items(source, skipped):
+                ids.append(item.id)
+                if item.id in writer:
+                    reused += 1
+                    continue
+                yield item
+
+        bar = tqdm(desc=f"embedding {source.name}", unit="item", disable=not progress)
+        for batch in _extractor_batches(extractor, new_items(), batch_size):
+            vectors = extractor.embed([item.payload for item in batch])
+            labels = [item.label or "" for item in batch]
+            if not any(labels):
+                labels = None
+            written += writer.append([item.id for item in batch], vectors, labels)
+            bar.update(len(batch))
+        bar.close()
+    return EmbedResult(store_path, ids, written, reused, skipped)
+
+
+def _slug(path: Path) -> str:
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(path.resolve()).strip("/"))
+    return text[-80:]
+
+
+def store_path_for(source: Path, extractor: Extractor, store_dir: str | Path | None = None) -> Path:
+    """The store file for ``source`` embedded with ``extractor`` (one file per config)."""
+    from beatmap_fid.extractors.base import config_hash
+
+    folder = Path(store_dir) if store_dir is not None else default_store_dir()
+    return folder / f"{_slug(source)}.{extractor.name}.{config_hash(extractor.config)}.h5"
+
+
+def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -> GaussianStats:
+    """Gaussian statistics of a store's rows (only those whose id is in ``ids`` when given).
+
+    Statistics of a whole store are cached beside it as ``<store>.stats.npz`` and reused while
+    the store's row count and config hash are unchanged.
+    """
+    store_path = Path(store_path)
+    with EmbeddingStore(store_path) as store:
+        keep = None
+        if ids is not None:
+            wanted = set(ids)
+            keep = np.fromiter((item_id in wanted for item_id in store.ids), dtype=bool)
+            if keep.all():
+                keep = None
+        if keep is not None:
+            running = RunningGaussian(store.dim)
+            for start, block in store.iter_blocks():
+                mask = keep[start : start + len(block)]
+                if mask.any():
+                    running.update(block[mask])
+            return running.result()
+        cache = store_path.with_name(store_path.name + ".stats.npz")
+        key = f"{store.config_hash}:{len(store)}"
+        if cache.exists():
+            with np.load(cache) as cached:
+                if "key" in cached.files and str(cached["key"]) == key:
+                    return GaussianStats.load(cache)
+        stats = store.statistics()
+        np.savez(cache, mu=stats.mu, sigma=stats.sigma, n=stats.n, key=key)
+        return stats
+
+
+@dataclass
+class SideSummary:
+    """One side of an FID comparison: where it came from and how much went in."""
+
+    source: str
+    kind: str  # "folder", "store" or "statistics"
+    n_sources: int | None
+    n_vectors: int | None
+    store_path: str | None = None
+    skipped: SkipLog = field(default_factory=SkipLog)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "n_sources": self.n_sources,
+            "n_vectors": self.n_vectors,
+            "store": self.store_path,
+            "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped.entries],
+        }
+
+
+@dataclass
+class FIDResult:
+    """The Fréchet distance between two sets and what each side held."""
+
+    fid: float
+    real: SideSummary
+    generated: SideSummary
+    extractor: str
+
+    def __float__(self) -> float:
+        return self.fid
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fid": self.fid,
+            "extractor": self.extractor,
+            "real": self.real.to_dict(),
+            "generated": self.generated.to_dict(),
+        }
+
+
+def resolve_statistics(
+    source: str | Path | GaussianStats,
+    extractor: Extractor,
+    *,
+    store_dir: str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[GaussianStats, SideSummary]:
+    """Statistics of a folder/file (embedded first), a store or a ``.npz``, with a summary."""
+    if isinstance(source, GaussianStats):
+        return source, SideSummary("<statistics>", "statistics", None, source.n)
+    path = Path(source)
+    if path.suffix == ".npz" and path.is_file():
+        stats = GaussianStats.load(path)
+        return stats, SideSummary(str(path), "statistics", None, stats.n)
+    if path.suffix in {".h5", ".hdf5"} and path.is_file():
+        stats = store_statistics(path)
+        with EmbeddingStore(path) as store:
+            n_sources = len({item_id.split("#", 1)[0] for item_id in store.ids})
+        return stats, SideSummary(str(path), "store", n_sources, stats.n, str(path))
+    if not path.exists():
+        raise InputError(f"{path} does not exist (expected a folder, a file, a store or a .npz)")
+    target = store_path_for(path, extractor, store_dir)
+    result = embed_to_store(path, extractor, target, batch_size=batch_size, progress=progress)
+    summary = SideSummary(
+        str(path), "folder", result.n_sources, result.n_items, str(target), result.skipped
+    )
+    if result.n_items < 2:
+        raise InsufficientSamplesError(
+            f"{path}: {result.n_items} usable item(s) from {result.n_sources} file(s); "
+            f"at least 2 are needed. {result.skipped.summary()}"
+        )
+    return store_statistics(target, result.ids), summary
+
+
+def compute_fid(
+    real: str | Path | GaussianStats,
+    generated: str | Path | GaussianStats,
+    *,
+    extractor: Extractor | str = DEFAULT_EXTRACTOR,
+    store_dir: str | Path | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    **extractor_options: Any,
+) -> FIDResult:
+    """FID between two sets given as folders of maps (or files), stores or ``.npz`` statistics.
+
+    Folders are embedded with ``extractor`` into resumable stores under ``store_dir`` (a re-run
+    reuses them); unusable inputs are skipped and listed in the result, or raise
+    :class:`~beatmap_fid.errors.SourceError` when ``strict``.
+    """
+    if isinstance(extractor, str):
+        extractor = build_extractor(extractor, **extractor_options)
+    sides = []
+    for source in (real, generated):
+        stats, summary = resolve_statistics(
+            source, extractor, store_dir=store_dir, batch_size=batch_size, progress=progress
+        )
+        if strict and summary.skipped:
+            raise SourceError(f"{summary.source}: {summary.skipped.summary()}")
+        sides.append((stats, summary))
+    (real_stats, real_summary), (gen_stats, gen_summary) = sides
+    fid = frechet_distance(real_stats, gen_stats, device=device)
+    return FIDResult(fid, real_summary, gen_summary, extractor.name)
+
+
+MapLike = str | Path | slider.Beatmap
+
+
+class StreamingFID:
+    """FID of maps held in memory against a fixed reference, in the torchmetrics style.
+
+    Built once against a reference (folder, store, ``.npz`` statistics or
+    :class:`GaussianStats`), then fed generated maps with :meth:`update` as paths, ``.osu`` text
+    or parsed ``slider.Beatmap`` objects; :meth:`compute` returns the FID. Generated maps are
+    never written to disk: only their running mean and covariance are kept.
+    """
+
+    def __init__(
+        self,
+        reference: str | Path | GaussianStats,
+        extractor: Extractor | str = DEFAULT_EXTRACTOR,
+        *,
+        store_dir: str | Path | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+        **extractor_options: Any,
+    ) -> None:
+        if isinstance(extractor, str):
+            extractor = build_extractor(extractor, **extractor_options)
+        if not hasattr(extractor, "beatmap_items"):
+            raise ExtractorError(
+                f"extractor {extractor.name!r} cannot embed beatmaps held in memory"
+            )
+        self.extractor = extractor
+        self.device = device
+        self.batch_size = batch_size
+        self.reference, self.reference_summary = resolve_statistics(
+            reference, extractor, store_dir=store_dir, batch_size=batch_size, progress=progress
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every generated map seen so far (the reference is kept)."""
+        self._running = RunningGaussian(self.extractor.dim)
+        self.skipped = SkipLog()
+        self.n_maps = 0
+
+    @property
+    def n_vectors(self) -> int:
+        return self._running.n
+
+    def _beatmap_file(self, source: MapLike, audio: str | Path | None) -> BeatmapFile:
+        audio_path = Path(audio) if audio is not None else None
+        if isinstance(source, slider.Beatmap):
+            name = f"<map {self.n_maps}>"
+            return BeatmapFile(Path(name), name, source, audio_path)
+        if isinstance(source, str) and ("\n" in source or source.startswith("osu file format")):
+            beatmap, notes = parse_beatmap_text(source)
+            name = f"<map {self.n_maps}>"
+            return BeatmapFile(Path(name), name, beatmap, audio_path, tuple(notes))
+        beatmap_file = read_beatmap_file(source)
+        if audio_path is not None:
+            beatmap_file = replace(beatmap_file, audio_path=audio_path)
+        return beatmap_file
+
+    def update(self, maps: MapLike | Iterable[MapLike], audio: str | Path | None = None) -> None:
+        """Add generated maps; ``audio`` (optional) is the audio file they were made for.
+
+        Maps that cannot be used are recorded in :attr:`skipped` with their reason.
+        """
+        if isinstance(maps, str | Path | slider.Beatmap):
+            maps = [maps]
+        for source in maps:
+            try:
+                beatmap_file = self._beatmap_file(source, audio)
+            except SourceError as error:
+                label = source if isinstance(source, Path) or "\n" not in str(source) else "text"
+                self.skipped.add(f"<map {self.n_maps}> {label}"[:200], str(error))
+                self.n_maps += 1
+                continue
+            self.n_maps += 1
+            items = self.extractor.beatmap_items(beatmap_file, self.skipped)
+            for batch in batched(items, self.batch_size):
+                self._running.update(self.extractor.embed([item.payload for item in batch]))
+
+    def compute(self) -> float:
+        """FID between the reference and every generated map given since the last reset."""
+        if self._running.n < 2:
+            raise InsufficientSamplesError(
+                f"{self._running.n} generated window(s) so far; at least 2 are needed. "
+                f"{self.skipped.summary()}"
+            )
+        return frechet_distance(self.reference, self._running.result(), device=self.device)

@@ -1,0 +1,190 @@
+"""Core verbs: ``stats``, ``fd``, ``fid``, ``embed`` and ``extractors``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from beatmap_fid.cli.output import add_json_flag, emit
+from beatmap_fid.errors import InputError
+
+
+def _extractor_options(values: list[str] | None) -> dict[str, Any]:
+    """``--option key=value`` pairs; values are read as JSON when they parse, else as text."""
+    options: dict[str, Any] = {}
+    for pair in values or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key.replace("-", "_")] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = text
+    return options
+
+
+def _add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--extractor", default="descriptors", help="feature extractor (default: descriptors)"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="extractor option, repeatable (e.g. --option device=cpu)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="items per batch (default 64)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from beatmap_fid.api import store_statistics
+
+    stats = store_statistics(args.store)
+    output = Path(args.output)
+    stats.save(output)
+    result = {"store": args.store, "output": str(output), "n": stats.n, "dim": stats.dim}
+    emit(args, result, f"{stats.n} vectors of dimension {stats.dim} -> {output}")
+    return 0
+
+
+def _run_fd(args: argparse.Namespace) -> int:
+    from beatmap_fid.frechet import as_stats, frechet_distance
+
+    first, second = as_stats(args.a), as_stats(args.b)
+    distance = frechet_distance(first, second, device=args.device)
+    result = {"fd": distance, "a": args.a, "b": args.b, "n_a": first.n, "n_b": second.n}
+    emit(args, result, f"Fréchet distance: {distance:.6g}  (n = {first.n} vs {second.n})")
+    return 0
+
+
+def _side_text(label: str, side: dict[str, Any]) -> str:
+    parts = [f"{label}: {side['source']}"]
+    if side["n_sources"] is not None:
+        parts.append(f"{side['n_sources']} files")
+    if side["n_vectors"] is not None:
+        parts.append(f"{side['n_vectors']} vectors")
+    if side["skipped"]:
+        parts.append(f"{len(side['skipped'])} skipped")
+    return ", ".join(parts)
+
+
+def _run_fid(args: argparse.Namespace) -> int:
+    from beatmap_fid.api import compute_fid
+
+    result = compute_fid(
+        args.real,
+        args.generated,
+        extractor=args.extractor,
+        store_dir=args.store_dir,
+        batch_size=args.batch_size,
+        device=args.device,
+        strict=args.strict,
+        progress=not args.quiet,
+        **_extractor_options(args.option),
+    ).to_dict()
+    lines = [
+        f"FID ({result['extractor']}): {result['fid']:.6g}",
+        _side_text("real", result["real"]),
+        _side_text("generated", result["generated"]),
+    ]
+    for name in ("real", "generated"):
+        for skip in result[name]["skipped"]:
+            lines.append(f"  skipped ({name}) {skip['source']}: {skip['reason']}")
+    emit(args, result, "\n".join(lines))
+    return 0
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from beatmap_fid.api import embed_to_store
+
+    result = embed_to_store(
+        args.source,
+        args.extractor,
+        args.output,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        **_extractor_options(args.option),
+    )
+    summary = {
+        "store": str(result.store_path),
+        "items": result.n_items,
+        "written": result.written,
+        "reused": result.reused,
+        "skipped": [{"source": s.source, "reason": s.reason} for s in result.skipped.entries],
+    }
+    text = (
+        f"{result.n_items} items in {result.store_path} "
+        f"({result.written} new, {result.reused} already stored)\n{result.skipped.summary()}"
+    )
+    emit(args, summary, text)
+    if args.strict and result.skipped:
+        return 1
+    return 0
+
+
+def _run_extractors(args: argparse.Namespace) -> int:
+    from beatmap_fid.extractors.base import extractor_infos
+
+    rows = []
+    for info in extractor_infos():
+        available = info.weights_available() if info.weights_available else True
+        rows.append(
+            {
+                "name": info.name,
+                "dim": info.dim,
+                "weights_available": available,
+                "description": info.description,
+            }
+        )
+    lines = [f"{'name':<20} {'dim':>6}  {'weights':<8} description"]
+    for row in rows:
+        dim = "" if row["dim"] is None else str(row["dim"])
+        weights = "local" if row["weights_available"] else "missing"
+        lines.append(f"{row['name']:<20} {dim:>6}  {weights:<8} {row['description']}")
+    emit(args, {"extractors": rows}, "\n".join(lines))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the core verbs."""
+    parser = subparsers.add_parser("stats", help="Gaussian statistics of a store -> .npz")
+    parser.add_argument("store", help="embedding store (.h5)")
+    parser.add_argument("-o", "--output", required=True, help="output .npz (mu, sigma, n)")
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_stats)
+
+    parser = subparsers.add_parser(
+        "fd", help="Fréchet distance between two stores (.h5) or statistics (.npz)"
+    )
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_fd)
+
+    parser = subparsers.add_parser(
+        "fid", help="FID between two folders of beatmaps (or stores, or .npz statistics)"
+    )
+    parser.add_argument("real", help="folder of maps, store (.h5) or statistics (.npz)")
+    parser.add_argument("generated", help="folder of maps, store (.h5) or statistics (.npz)")
+    _add_extractor_arguments(parser)
+    parser.add_argument("--store-dir", default=None, help="where stores of folders are kept")
+    parser.add_argument("--device", default=None, help="device of the Fréchet distance")
+    parser.add_argument("--strict", action="store_true", help="fail when any input is skipped")
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_fid)
+
+    parser = subparsers.add_parser("embed", help="embed a folder or file into a store (resumable)")
+    parser.add_argument("source", help="folder or file")
+    parser.add_argument("-o", "--output", required=True, help="output store (.h5)")
+    _add_extractor_arguments(parser)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any input is skipped")
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_embed)
+
+    parser = subparsers.add_parser("extractors", help="list the feature extractors")
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_extractors)

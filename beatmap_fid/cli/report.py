@@ -1,0 +1,191 @@
+"""Evaluation verbs: ``report`` (JSON + self-contained HTML report) and ``score`` (apply a
+trained score head, filter and copy)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from beatmap_fid.cli.core import _add_extractor_arguments, _extractor_options
+from beatmap_fid.cli.output import add_json_flag, emit
+from beatmap_fid.errors import InputError
+
+
+def _format(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.4g}"
+
+
+def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
+    metrics = data["metrics"]
+    lines = [data["title"]]
+    if "fid" in metrics:
+        interval = (
+            f"  (95% CI {_format(metrics['fid_low'])} – {_format(metrics['fid_high'])})"
+            if "fid_low" in metrics
+            else ""
+        )
+        lines.append(f"FID: {_format(metrics['fid'])}{interval}")
+    if "fd_inf" in metrics:
+        lines.append(f"FD∞: {_format(metrics['fd_inf'])}")
+    if "kid" in metrics:
+        lines.append(f"KID: {_format(metrics['kid'])} ± {_format(metrics.get('kid_std'))}")
+    shown = [k for k in ("precision", "recall", "density", "coverage", "cmmd") if k in metrics]
+    if shown:
+        lines.append("  ".join(f"{k}: {_format(metrics[k])}" for k in shown))
+    if "active_f1" in metrics:
+        lines.append(
+            f"rhythm F1 active {_format(metrics['active_f1'])}, passive "
+            f"{_format(metrics['passive_f1'])}; BPM RMSE {_format(metrics['bpm_rmse'])}; "
+            f"drain-time RMSE {_format(metrics['drain_time_rmse'])} s"
+        )
+    for name, note in data["notes"].items():
+        lines.append(f"{name} not computed: {note}")
+    maps = data["contributions"]["maps"][:top]
+    if maps:
+        real_d2 = data["contributions"]["real_mean_distance"]
+        lines.append(
+            f"generated maps furthest from the real set (mean D²; real windows {real_d2:.4g}):"
+        )
+        lines += [f"  {m['distance']:>9.4g}  {m['map']}" for m in maps]
+    lines.append(f"report: {html_path}")
+    return "\n".join(lines)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from beatmap_fid.report import build_report
+
+    options: dict[str, dict[str, Any]] = {}
+    if args.mapping:
+        options["rhythm"] = {"mapping": args.mapping}
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    result = build_report(
+        args.real,
+        args.generated,
+        args.output,
+        extractor=args.extractor,
+        metrics=metrics,
+        store_dir=args.store_dir,
+        batch_size=args.batch_size,
+        projection=args.projection,
+        max_points=args.max_points,
+        top=args.top,
+        curve_seeds=args.seeds,
+        seed=args.seed,
+        title=args.title,
+        progress=not args.quiet,
+        extractor_options=_extractor_options(args.option),
+        **options,
+    )
+    summary = {
+        "json": str(result.json_path),
+        "html": str(result.html_path),
+        "metrics": result.data["metrics"],
+        "notes": result.data["notes"],
+        "top_contributors": result.data["contributions"]["maps"][: args.top],
+    }
+    emit(args, summary, _report_text(result.data, result.html_path, min(args.top, 5)))
+    return 0
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from beatmap_fid.evaluate import copy_sources, score_source
+
+    if args.copy_to and Path(args.source).suffix.lower() in (".h5", ".hdf5") and not args.root:
+        raise InputError("--copy-to with a store needs --root: the folder its ids are relative to")
+    result = score_source(
+        args.source,
+        args.head,
+        extractor=args.extractor,
+        label=args.label,
+        store_dir=args.store_dir,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        **_extractor_options(args.option),
+    )
+    passing = result.passing(args.min)
+    summary = result.to_dict()
+    summary["min"] = args.min
+    summary["passing"] = passing
+    lines = [f"{result.score_name:>10}  file" + ("  (label)" if result.file_labels else "")]
+    for entry in summary["files"][: args.top] if args.top else summary["files"]:
+        label = f"  ({entry['label']})" if "label" in entry else ""
+        lines.append(f"{entry[result.score_name]:>10.4g}  {entry['file']}{label}")
+    if args.min is not None:
+        lines.append(f"{len(passing)} of {len(result.files)} files score at least {args.min:g}")
+    if args.copy_to:
+        root = args.root or args.source
+        copied = copy_sources(passing, root, args.copy_to)
+        summary["copied"] = [str(p) for p in copied]
+        lines.append(f"copied {len(copied)} files to {args.copy_to}")
+    if result.skipped:
+        lines.append(result.skipped.summary())
+    emit(args, summary, "\n".join(lines))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` and ``score`` verbs."""
+    parser = subparsers.add_parser(
+        "report",
+        help="evaluation report of generated against real: report.json + self-contained "
+        "report.html",
+    )
+    parser.add_argument("real", help="folder of real maps (or files), or a store (.h5)")
+    parser.add_argument("generated", help="folder of generated maps (or files), or a store (.h5)")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    _add_extractor_arguments(parser)
+    parser.add_argument("--store-dir", default=None, help="where stores of folders are kept")
+    parser.add_argument(
+        "--metrics",
+        help="comma-separated metric names (default fid,fid_ci,kid,prdc, plus rhythm for "
+        "beatmap folders that pair up; FD∞ always)",
+    )
+    parser.add_argument(
+        "--mapping", help="rhythm pairs: JSON {real: generated} or two-column CSV file"
+    )
+    parser.add_argument(
+        "--projection",
+        default="auto",
+        choices=("auto", "umap", "tsne", "pca"),
+        help="2-D map method (auto: UMAP if installed, else t-SNE)",
+    )
+    parser.add_argument(
+        "--max-points", type=int, default=1000, help="vectors in the 2-D map (1000)"
+    )
+    parser.add_argument("--top", type=int, default=20, help="contributors listed (20)")
+    parser.add_argument("--seeds", type=int, default=3, help="FID-against-N curves (3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 2-D map's subsample")
+    parser.add_argument("--title", help="report title (default: 'REAL vs GENERATED')")
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_report)
+
+    parser = subparsers.add_parser(
+        "score", help="score a folder or store with a trained head; filter and copy"
+    )
+    parser.add_argument("source", help="folder or file of sources, or a store (.h5)")
+    parser.add_argument("--head", required=True, help="head file (.pt) from training a head")
+    parser.add_argument(
+        "--extractor",
+        default=None,
+        help="extractor to embed a folder with (default: the head's)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="extractor option, repeatable: must rebuild the head's extractor configuration",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="items per batch (default 64)")
+    parser.add_argument("--store-dir", default=None, help="where stores of folders are kept")
+    parser.add_argument("--label", help="classification heads: score with this label's probability")
+    parser.add_argument("--min", type=float, default=None, help="keep files scoring at least this")
+    parser.add_argument("--copy-to", help="copy the files that pass to this folder")
+    parser.add_argument("--root", help="with a store: the folder its ids are relative to")
+    parser.add_argument("--top", type=int, default=0, help="print only the best N files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_score)

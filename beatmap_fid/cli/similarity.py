@@ -1,0 +1,308 @@
+"""Similarity verbs: ``index``, ``search``, ``knn`` and ``nearest``.
+
+``beatmap-fid index STORE.h5 -o X.faiss``     build a self-tuned FAISS index of a store
+``beatmap-fid search X.faiss QUERY... -k 10``  nearest items of ids in the index or of files
+``beatmap-fid knn STORE.h5 --eval loo``        duplicate- and group-aware k-NN evaluation
+``beatmap-fid nearest GEN.h5 REAL.h5``         generated items closest to real ones (copies)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from beatmap_fid.cli.output import add_json_flag, emit
+from beatmap_fid.errors import InputError
+
+_ID_HEADERS = ("id", "ids", "item", "item_id")
+
+
+def read_id_mapping(path: str | Path, column: str) -> dict[str, str]:
+    """``id -> value`` from a CSV (``id,value`` rows, optional header naming ``column``) or a
+    JSON file (an object ``{id: value}`` or a list of ``{"id": ..., column: ...}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{column} file {path} does not exist")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path} is not valid JSON: {error}") from error
+        if isinstance(data, dict):
+            return {str(k): str(v) for k, v in data.items() if v is not None}
+        if isinstance(data, list) and all(isinstance(row, dict) for row in data):
+            try:
+                return {
+                    str(row["id"]): str(row[column]) for row in data if row.get(column) is not None
+                }
+            except KeyError as error:
+                raise InputError(f"{path}: every entry needs 'id' and '{column}'") from error
+        raise InputError(f"{path}: expected an object {{id: {column}}} or a list of entries")
+    rows = [
+        row for row in csv.reader(text.splitlines()) if row and any(cell.strip() for cell in row)
+    ]
+    if not rows:
+        raise InputError(f"{path} is empty")
+    value_column = 1
+    if rows[0][0].strip().lower() in _ID_HEADERS:
+        header = [cell.strip().lower() for cell in rows[0]]
+        value_column = header.index(column) if column in header else 1
+        rows = rows[1:]
+    mapping = {}
+    for number, row in enumerate(rows, start=1):
+        if len(row) <= value_column:
+            raise InputError(f"{path}: row {number} has no {column} column: {row}")
+        if row[value_column].strip():
+            mapping[row[0].strip()] = row[value_column].strip()
+    return mapping
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from beatmap_fid.index import build_index
+    from beatmap_fid.store import open_store
+
+    started = time.perf_counter()
+    with open_store(args.store) as store:
+        vindex = build_index(
+            store,
+            metric=args.metric,
+            recall=args.recall,
+            k=args.k,
+            memory_budget=args.memory,
+            family=None if args.family == "auto" else args.family,
+            progress=not args.quiet,
+        )
+    path = vindex.save(args.output)
+    seconds = time.perf_counter() - started
+    tuning = vindex.tuning
+    result = {
+        "store": args.store,
+        "output": str(path),
+        "family": vindex.family,
+        "factory": vindex.plan.factory,
+        "reason": vindex.plan.reason,
+        "n": len(vindex),
+        "dim": vindex.dim,
+        "metric": vindex.metric,
+        "memory_bytes": vindex.plan.memory_bytes,
+        "search_params": vindex.search_params,
+        "recall_target": args.recall,
+        "recall_measured": tuning.recall_eval if tuning else None,
+        "recall_reached": tuning.reached if tuning else None,
+        "k": args.k,
+        "seconds": seconds,
+    }
+    if vindex.family == "flat":
+        recall_text = "exact search"
+    elif tuning and tuning.n_eval_queries:
+        recall_text = (
+            f"recall@{tuning.k} {tuning.recall_eval:.3f} on {tuning.n_eval_queries} held-out "
+            f"queries (target {args.recall})"
+        )
+    else:
+        recall_text = "too few vectors to tune: exhaustive search parameters"
+    params = ", ".join(f"{k}={v}" for k, v in vindex.search_params.items()) or "exact"
+    emit(
+        args,
+        result,
+        f"{len(vindex)} vectors of dimension {vindex.dim} -> {path} ({vindex.plan.factory}, "
+        f"{params}); {recall_text}; {seconds:.1f} s",
+    )
+    return 0
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from beatmap_fid.errors import SkipLog
+    from beatmap_fid.index import load_index
+
+    vindex = load_index(args.index, mmap=args.mmap)
+    skipped = SkipLog()
+    found = vindex.search(args.queries, args.k, exclude_self=not args.include_self, skipped=skipped)
+    result = found.to_dict()
+    result["index"] = args.index
+    result["skipped"] = [{"source": s.source, "reason": s.reason} for s in skipped.entries]
+    lines = []
+    closeness = "similarity" if found.metric == "ip" else "distance"
+    for query in result["queries"]:
+        lines.append(f"{query['query']}:")
+        for rank, neighbour in enumerate(query["neighbours"], start=1):
+            label = f"  [{neighbour['label']}]" if neighbour.get("label") else ""
+            lines.append(
+                f"  {rank:>3}. {neighbour['id']}  {closeness} {neighbour['distance']:.4g}{label}"
+            )
+    if skipped:
+        lines.append(skipped.summary())
+    emit(args, result, "\n".join(lines))
+    return 0
+
+
+def _labels_for(
+    store_ids: np.ndarray, args: argparse.Namespace, store_labels
+) -> tuple[np.ndarray, int]:
+    """Per stored row its label ("" = none), and how many label-file ids the store lacks."""
+    if args.labels:
+        mapping = read_id_mapping(args.labels, "label")
+        labels = np.array([mapping.get(str(i), "") for i in store_ids], dtype=object)
+        return labels, len(set(mapping) - set(store_ids.tolist()))
+    if store_labels is not None:
+        return np.asarray(store_labels, dtype=object), 0
+    raise InputError(f"{args.store} holds no labels: pass --labels FILE (CSV or JSON)")
+
+
+def _run_knn(args: argparse.Namespace) -> int:
+    from beatmap_fid.knn import evaluate_knn
+    from beatmap_fid.store import open_store
+
+    with open_store(args.store) as store:
+        if len(store) == 0:
+            raise InputError(f"store {args.store} holds no vectors")
+        ids = np.asarray(store.ids).astype(str)
+        labels, unknown_ids = _labels_for(ids, args, store.labels)
+        labelled = labels != ""
+        if not labelled.any():
+            raise InputError(
+                "no stored id has a label: check that the label file uses the store's ids"
+            )
+        vectors = store.vectors(np.flatnonzero(labelled))
+    groups = None
+    if args.groups:
+        mapping = read_id_mapping(args.groups, "group")
+        missing = [i for i in ids[labelled] if i not in mapping]
+        if missing:
+            raise InputError(
+                f"{len(missing)} labelled ids have no group in {args.groups} (first: "
+                f"{missing[0]!r}); every evaluated row needs one, or leaks go unnoticed"
+            )
+        groups = [mapping[i] for i in ids[labelled]]
+    report = evaluate_knn(
+        vectors,
+        labels[labelled].astype(str),
+        method=args.eval,
+        n_neighbors=args.k,
+        weights=args.weights,
+        temperature=args.temperature,
+        metric=args.metric,
+        groups=groups,
+        exclude_duplicates=not args.keep_duplicates,
+        n_splits=args.folds,
+        progress=not args.quiet,
+    )
+    result = report.to_dict()
+    result["store"] = args.store
+    result["n_unlabelled"] = int((~labelled).sum())
+    result["n_unknown_label_ids"] = unknown_ids
+    text = report.to_text()
+    if result["n_unlabelled"]:
+        text += f"\n{result['n_unlabelled']} stored rows without a label were left out"
+    if unknown_ids:
+        text += f"\n{unknown_ids} ids of the label file are not in the store (ignored)"
+    if args.report_dir:
+        paths = report.save(args.report_dir)
+        result["report_files"] = {kind: str(p) for kind, p in paths.items()}
+        text += f"\nreport written to {args.report_dir}"
+    emit(args, result, text)
+    return 0
+
+
+def _run_nearest(args: argparse.Namespace) -> int:
+    from beatmap_fid.knn import memorisation_scores
+    from beatmap_fid.store import open_store
+
+    with open_store(args.generated) as generated, open_store(args.real) as real:
+        for store in (generated, real):
+            if len(store) == 0:
+                raise InputError(f"store {store.path} holds no vectors")
+        report = memorisation_scores(
+            generated, real, k=args.k, metric=args.metric, threshold=args.threshold
+        )
+    result = report.to_dict(top=args.top)
+    result.update(generated=args.generated, real=args.real)
+    emit(args, result, report.to_text(top=args.top))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``index``, ``search``, ``knn`` and ``nearest`` verbs."""
+    from beatmap_fid.index import FAMILIES, METRICS
+    from beatmap_fid.knn import WEIGHTS
+
+    index = subparsers.add_parser(
+        "index",
+        help="build a FAISS index of a store, tuned to a recall target",
+        description="Choose, train and tune a FAISS index over an embedding store; writes "
+        "X.faiss and its sidecar X.faiss.json (parameters, ids, config hash).",
+    )
+    index.add_argument("store", help="embedding store (.h5)")
+    index.add_argument("-o", "--output", required=True, help="index file to write (X.faiss)")
+    index.add_argument("--recall", type=float, default=0.95, help="recall@k target (0.95)")
+    index.add_argument("-k", type=int, default=10, help="k of the recall target (10)")
+    index.add_argument("--memory", default=None, help="memory budget, e.g. 4G (default: none)")
+    index.add_argument("--metric", choices=METRICS, default="l2", help="distance (l2)")
+    index.add_argument(
+        "--family", choices=("auto", *FAMILIES), default="auto", help="force an index family"
+    )
+    index.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_json_flag(index)
+    index.set_defaults(run=_run_index)
+
+    search = subparsers.add_parser(
+        "search",
+        help="nearest indexed items of ids or files",
+        description="Search an index for the nearest items of each query: an id held by the "
+        "index (the item itself is left out) or a file, embedded with the index's extractor "
+        "config. k larger than the index is clipped with a warning.",
+    )
+    search.add_argument("index", help="index file written by `beatmap-fid index`")
+    search.add_argument("queries", nargs="+", metavar="QUERY", help="id in the index, or a file")
+    search.add_argument("-k", type=int, default=10, help="neighbours per query (10)")
+    search.add_argument("--mmap", action="store_true", help="memory-map the index file")
+    search.add_argument(
+        "--include-self", action="store_true", help="keep an id query's own item in its results"
+    )
+    add_json_flag(search)
+    search.set_defaults(run=_run_search)
+
+    knn = subparsers.add_parser(
+        "knn",
+        help="k-NN classification accuracy of a store's labels",
+        description="Leave-one-out or k-fold k-NN evaluation that keeps exact duplicates (and "
+        "groups) of a query out of its neighbours. Rows without a label are left out.",
+    )
+    knn.add_argument("store", help="embedding store (.h5)")
+    knn.add_argument("--labels", help="CSV (id,label) or JSON ({id: label}); default: the store's")
+    knn.add_argument("--groups", help="CSV (id,group) or JSON; rows of a group are kept together")
+    knn.add_argument("--eval", choices=("loo", "kfold"), default="loo", help="method (loo)")
+    knn.add_argument("-k", type=int, default=5, help="neighbours (5)")
+    knn.add_argument("--weights", choices=WEIGHTS, default="uniform", help="votes (uniform)")
+    knn.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (1)")
+    knn.add_argument("--metric", choices=METRICS, default="l2", help="distance (l2)")
+    knn.add_argument("--folds", type=int, default=5, help="folds for kfold (5)")
+    knn.add_argument(
+        "--keep-duplicates", action="store_true", help="let exact duplicates vote (naive)"
+    )
+    knn.add_argument("--report-dir", help="write knn_report.json/.txt and knn_confusion.png")
+    knn.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_json_flag(knn)
+    knn.set_defaults(run=_run_knn)
+
+    nearest = subparsers.add_parser(
+        "nearest",
+        help="generated items suspiciously close to real ones",
+        description="For each generated item, its nearest real items and a memorisation score: "
+        "distance to the nearest real item divided by that item's own nearest-real distance "
+        "(below 1: closer than any other real item; near 0: a copy). Most suspicious first.",
+    )
+    nearest.add_argument("generated", help="store of generated items (.h5)")
+    nearest.add_argument("real", help="store of real items (.h5)")
+    nearest.add_argument("--top", type=int, default=20, help="items to list (20)")
+    nearest.add_argument("-k", type=int, default=5, help="real neighbours per item (5)")
+    nearest.add_argument("--metric", choices=("l2", "cosine"), default="l2", help="distance (l2)")
+    nearest.add_argument("--threshold", type=float, default=0.5, help="flag scores below (0.5)")
+    add_json_flag(nearest)
+    nearest.set_defaults(run=_run_nearest)

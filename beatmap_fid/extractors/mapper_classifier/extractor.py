@@ -1,0 +1,251 @@
+"""The ``"mapper-classifier"`` extractor: one style vector per audio window of a beatmap.
+
+Items are the windows the reference's FID code uses: non-overlapping, from t = 0, the trailing
+partial window dropped (``beatmap_fid.beatmap.windows``). An item's id is ``"{map id}#{k}"``,
+its label the map's Creator, its payload the window's audio samples and its token ids. ``embed``
+runs the classifier on a batch and returns the mean-pooled projector output (2048 or 256 values
+depending on the checkpoint). Maps without readable audio cannot be embedded and are skipped
+with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from beatmap_fid.errors import ExtractorError, InputError, SkipLog, SourceError
+from beatmap_fid.extractors.base import Item, register_extractor
+from beatmap_fid.extractors.mapper_classifier.checkpoint import (
+    CHECKPOINT_FILENAME,
+    DEFAULT_REPO,
+    ClassifierSettings,
+    LoadedClassifier,
+    TokenizerState,
+    load_checkpoint,
+    settings_dict,
+)
+
+EXTRACTOR_NAME = "mapper-classifier"
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class WindowPayload:
+    """What the classifier reads for one window: float32 audio samples and int64 token ids."""
+
+    audio: np.ndarray
+    tokens: np.ndarray
+
+
+def make_tokenizer(state: TokenizerState):
+    """The event vocabulary of a checkpoint, as a :class:`beatmap_fid.beatmap.tokenizer.Tokenizer`."""
+    from beatmap_fid.beatmap.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer.from_event_ranges(state.event_ranges, offset=state.offset)
+    except InputError as error:
+        raise ExtractorError(f"the checkpoint's vocabulary is not usable: {error}") from error
+
+
+def event_stream(beatmap: Any, settings: ClassifierSettings) -> tuple[Any, np.ndarray]:
+    """The beatmap's events and event times (ms) as the checkpoint's data settings make them."""
+    from beatmap_fid.beatmap.events import EventConfig, beatmap_events
+
+    return beatmap_events(beatmap, EventConfig.from_mapping(settings.event_options))
+
+
+def window_payload(
+    audio: np.ndarray,
+    events: Any,
+    times: np.ndarray,
+    start_ms: float,
+    settings: ClassifierSettings,
+    tokenizer: Any,
+) -> WindowPayload:
+    """The window starting at ``start_ms``, cut as the reference does.
+
+    The reference works from the start in seconds, ``time = start_ms / 1000``: its first sample
+    is ``int(time * sample_rate)`` (for grid windows this can land one sample early) and its
+    token window is ``time <= t / 1000 < time + length``; both are followed here. Audio running
+    past the end is padded with zeros.
+    """
+    from beatmap_fid.beatmap.tokenizer import window_tokens
+
+    first = int(start_ms / 1000 * settings.sample_rate)
+    samples = np.zeros(settings.window_samples, dtype=np.float32)
+    piece = audio[first : first + settings.window_samples]
+    samples[: len(piece)] = piece
+    window_ms = settings.window_samples * 1000 / settings.sample_rate
+    tokens = window_tokens(
+        events, times, start_ms, start_ms + window_ms, tokenizer, seq_len=settings.tgt_seq_len
+    )
+    return WindowPayload(samples, tokens)
+
+
+def start_ms_of_sample(sample: int, sample_rate: int) -> float:
+    """Window start in ms whose ``/ 1000`` equals the reference's ``sample / sample_rate``
+    (exactly so whenever the start is a whole number of milliseconds)."""
+    return int(sample) * 1000 / sample_rate
+
+
+def window_start_samples(n_samples: int, settings: ClassifierSettings) -> np.ndarray:
+    """Starts of the reference's non-overlapping windows over ``n_samples`` audio samples."""
+    from beatmap_fid.beatmap.windows import WindowSpec, window_starts
+
+    spec = WindowSpec(window_samples=settings.window_samples, sample_rate=settings.sample_rate)
+    return window_starts(n_samples, spec)
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` as given, else CUDA when available, else CPU."""
+    import torch
+
+    if device:
+        return str(device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class MapperClassifierExtractor:
+    """Extractor protocol around a loaded classifier; also gives logits for classification."""
+
+    name = EXTRACTOR_NAME
+
+    def __init__(
+        self,
+        loaded: LoadedClassifier,
+        *,
+        device: str | None = None,
+        precision: str = "float32",
+        modes: Collection[int] = (0,),
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ExtractorError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
+            )
+        self.loaded = loaded
+        self.settings = loaded.settings
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.modes = tuple(modes)
+        self.model = loaded.model.to(self.device).eval()
+        self.tokenizer = make_tokenizer(loaded.tokenizer)
+        self.dim = self.settings.projector_dim
+        self.config: dict[str, Any] = {
+            "checkpoint_sha256": loaded.sha256,
+            "settings": settings_dict(self.settings),
+            "feature": "projector output averaged over all decoder positions",
+            "windows": "non-overlapping from t=0, trailing partial window dropped",
+            "precision": precision,
+            "modes": list(self.modes),
+        }
+
+    def items(self, source: str | Path, skipped: SkipLog) -> Iterator[Item]:
+        """One item per window of every readable map with audio under ``source``."""
+        from beatmap_fid.beatmap.audio import load_audio
+        from beatmap_fid.beatmap.reading import iter_beatmap_files
+
+        audio_cache: tuple[Path | None, np.ndarray | None] = (None, None)
+        for beatmap_file in iter_beatmap_files(source, skipped, modes=self.modes):
+            if beatmap_file.audio_path is None:
+                named = beatmap_file.beatmap.audio_filename or "none"
+                skipped.add(
+                    beatmap_file.id, f"no audio: the audio file it names ({named}) is missing"
+                )
+                continue
+            try:
+                if audio_cache[0] != beatmap_file.audio_path:
+                    audio_cache = (
+                        beatmap_file.audio_path,
+                        load_audio(beatmap_file.audio_path, self.settings.sample_rate),
+                    )
+                audio = audio_cache[1]
+                events, times = event_stream(beatmap_file.beatmap, self.settings)
+            except (SourceError, InputError) as error:
+                skipped.add(beatmap_file.id, str(error))
+                continue
+            starts = window_start_samples(len(audio), self.settings)
+            if len(starts) == 0:
+                skipped.add(beatmap_file.id, "too short: the audio is shorter than one window")
+                continue
+            for k, start in enumerate(starts.tolist()):
+                try:
+                    payload = window_payload(
+                        audio,
+                        events,
+                        times,
+                        start_ms_of_sample(start, self.settings.sample_rate),
+                        self.settings,
+                        self.tokenizer,
+                    )
+                except InputError as error:
+                    skipped.add(f"{beatmap_file.id}#{k}", f"untokenizable: {error}")
+                    continue
+                yield Item(f"{beatmap_file.id}#{k}", payload, beatmap_file.creator)
+
+    def forward(self, payloads: Sequence[WindowPayload]) -> tuple[np.ndarray, np.ndarray]:
+        """Feature vectors (n, dim) and logits (n, num_classes), float32, for a batch."""
+        import torch
+
+        if len(payloads) == 0:
+            return (
+                np.zeros((0, self.dim), np.float32),
+                np.zeros((0, self.settings.num_classes), np.float32),
+            )
+        samples = torch.from_numpy(np.stack([p.audio for p in payloads])).to(self.device)
+        tokens = torch.from_numpy(np.stack([p.tokens for p in payloads])).to(self.device)
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.precision)
+        device_type = torch.device(self.device).type
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type, dtype=dtype, enabled=dtype is not None),
+        ):
+            output = self.model(samples, tokens)
+        return (
+            output.features.float().cpu().numpy().astype(np.float32, copy=False),
+            output.logits.float().cpu().numpy().astype(np.float32, copy=False),
+        )
+
+    def embed(self, payloads: Sequence[WindowPayload]) -> np.ndarray:
+        """Feature vectors (n, dim) float32 of a batch of window payloads."""
+        return self.forward(payloads)[0]
+
+
+def build_mapper_classifier(
+    checkpoint: str | Path = DEFAULT_REPO,
+    device: str | None = None,
+    precision: str = "float32",
+    modes: Collection[int] = (0,),
+) -> MapperClassifierExtractor:
+    """Factory of the ``"mapper-classifier"`` extractor.
+
+    ``checkpoint``: a ``model.ckpt`` path, a folder holding one, or a Hugging Face repo id
+    (default ``OliBomby/osu-classifier``; needs internet access or the local HF cache).
+    ``precision``: ``float32``, or ``bfloat16``/``float16`` autocast.
+    """
+    loaded = load_checkpoint(checkpoint, device="cpu")
+    return MapperClassifierExtractor(loaded, device=device, precision=precision, modes=modes)
+
+
+def default_weights_available() -> bool:
+    """Whether the default checkpoint is in the local Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    cached = try_to_load_from_cache(DEFAULT_REPO, CHECKPOINT_FILENAME)
+    return isinstance(cached, str)
+
+
+register_extractor(
+    EXTRACTOR_NAME,
+    build_mapper_classifier,
+    "Mapperatorinator's mapper classifier (Whisper over audio + beatmap tokens): mean-pooled "
+    "projector output per 8.184 s window; needs the map's audio and a checkpoint "
+    f"(option checkpoint=PATH or a Hugging Face repo id, default {DEFAULT_REPO})",
+    dim=None,
+    weights_available=default_weights_available,
+)

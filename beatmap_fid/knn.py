@@ -1,0 +1,802 @@
+"""k-nearest-neighbour classification on FAISS, its honest evaluation, and copy detection.
+
+* :class:`KNNClassifier`: a scikit-learn classifier (``fit`` / ``predict`` / ``predict_proba``
+  / ``kneighbors`` / ``score``; works in Pipelines and ``cross_val_score``) searching an exact
+  FAISS index or a self-tuned approximate one (:func:`beatmap_fid.index.build_index`).
+* :func:`evaluate_knn`: leave-one-out or stratified k-fold accuracy that never lets a query
+  see its own copies. Rows linked by an identical vector or a shared group form one "leak
+  component"; leave-one-out leaves the query's whole component out of its neighbours, k-fold
+  keeps each component inside one fold (StratifiedGroupKFold).
+* :func:`memorisation_scores`: for generated items, their nearest real items and how much
+  closer they are to them than real items are to each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from beatmap_fid.errors import (
+    BeatmapFidError,
+    ConfigMismatchError,
+    DimensionMismatchError,
+    InputError,
+    InsufficientSamplesError,
+    NonFiniteError,
+)
+from beatmap_fid.index import (
+    METRICS,
+    _as_distances,
+    _as_source,
+    _drop_positions,
+    _faiss_metric,
+    _prepare,
+    build_index,
+)
+
+WEIGHTS = ("uniform", "distance", "softmax")
+_SMALL_COMPONENT = 64  # components up to this size are excluded by over-fetching neighbours
+
+
+def _check_features(X: Any, what: str = "X") -> np.ndarray:
+    from sklearn.utils.validation import check_array
+
+    try:
+        array = check_array(X, dtype=np.float32, ensure_all_finite=False)
+    except ValueError as error:
+        raise InputError(f"{what}: {error}") from error
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+        raise NonFiniteError(f"{what} contains NaN or infinite values (first at row {bad})")
+    return np.ascontiguousarray(array)
+
+
+def _check_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, encoded labels) for any sortable label type."""
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import column_or_1d
+
+    if y is None:
+        raise InputError("KNNClassifier requires y to be passed, but the target y is None")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)
+    if y.ndim != 1:
+        raise InputError(f"y must be one label per row, got shape {y.shape}")
+    if len(y) != n:
+        raise InputError(f"{len(y)} labels for {n} rows")
+    try:
+        check_classification_targets(y)
+        classes, encoded = np.unique(y, return_inverse=True)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"labels must be classes of one comparable type: {error}") from error
+    return classes, encoded.ravel()
+
+
+def _check_weights(weights: str, temperature: float, metric: str) -> None:
+    if weights not in WEIGHTS:
+        raise InputError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if weights == "distance" and metric == "ip":
+        raise InputError("weights='distance' needs a distance; with metric='ip' use 'softmax'")
+    if weights == "softmax" and not temperature > 0:
+        raise InputError(f"temperature must be positive, got {temperature}")
+
+
+def neighbour_weights(
+    distances: np.ndarray,
+    positions: np.ndarray,
+    weights: str = "uniform",
+    temperature: float = 1.0,
+    metric: str = "l2",
+) -> np.ndarray:
+    """Vote weight of each neighbour (0 where ``positions`` is -1, i.e. no neighbour).
+
+    "uniform": 1 each. "distance": 1/d, and as in scikit-learn a query with neighbours at
+    distance 0 gives weight only to those. "softmax": exp(−d/T) normalised per query (for the
+    inner product, exp(s/T)).
+    """
+    valid = positions >= 0
+    if weights == "uniform":
+        return valid.astype(np.float64)
+    d = np.asarray(distances, dtype=np.float64)
+    if weights == "distance":
+        d = np.maximum(d, 0.0)
+        with np.errstate(divide="ignore"):
+            w = np.where(valid, 1.0 / d, 0.0)
+        zero = valid & (d == 0)
+        exact = zero.any(axis=1)
+        w[exact] = zero[exact]
+        return w
+    score = np.where(valid, d if metric == "ip" else -d, -np.inf)
+    top = score.max(axis=1, keepdims=True)
+    top[~np.isfinite(top)] = 0.0
+    return np.where(valid, np.exp((score - top) / temperature), 0.0)
+
+
+def vote(
+    distances: np.ndarray,
+    positions: np.ndarray,
+    encoded_labels: np.ndarray,
+    n_classes: int,
+    weights: str = "uniform",
+    temperature: float = 1.0,
+    metric: str = "l2",
+) -> np.ndarray:
+    """Class probabilities (n_queries, n_classes) from neighbours and their encoded labels."""
+    w = neighbour_weights(distances, positions, weights, temperature, metric)
+    proba = np.zeros((len(positions), n_classes))
+    rows = np.broadcast_to(np.arange(len(positions))[:, None], positions.shape)
+    valid = positions >= 0
+    np.add.at(proba, (rows[valid], encoded_labels[positions[valid]]), w[valid])
+    totals = proba.sum(axis=1, keepdims=True)
+    np.divide(proba, totals, out=proba, where=totals > 0)
+    return proba
+
+
+class KNNClassifier(ClassifierMixin, BaseEstimator):
+    """k-NN classifier on a FAISS index, compatible with scikit-learn.
+
+    ``index="exact"`` searches a flat index (same neighbours as scikit-learn's brute force);
+    ``"auto"`` lets :func:`~beatmap_fid.index.choose_index` pick (approximate for large
+    sets, tuned to ``recall``); a family name ("hnsw", "ivf-flat", "ivf-pq") forces one.
+    ``weights``: "uniform", "distance" (1/d) or "softmax" (exp(−d/``temperature``)).
+    Distances: Euclidean for "l2", 1 − cos for "cosine", the inner product for "ip".
+    """
+
+    def __init__(
+        self,
+        n_neighbors: int = 5,
+        *,
+        weights: str = "uniform",
+        temperature: float = 1.0,
+        metric: str = "l2",
+        index: str = "exact",
+        recall: float = 0.95,
+        memory_budget: str | int | None = None,
+    ) -> None:
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.temperature = temperature
+        self.metric = metric
+        self.index = index
+        self.recall = recall
+        self.memory_budget = memory_budget
+
+    def fit(self, X: Any, y: Any) -> KNNClassifier:
+        _check_weights(self.weights, self.temperature, self.metric)
+        if not isinstance(self.n_neighbors, int | np.integer) or self.n_neighbors < 1:
+            raise InputError(f"n_neighbors must be a positive int, got {self.n_neighbors!r}")
+        X = _check_features(X)
+        self.classes_, self._encoded = _check_labels(y, len(X))
+        self.n_features_in_ = X.shape[1]
+        self._fit_X = X
+        family = "flat" if self.index == "exact" else None if self.index == "auto" else self.index
+        self.index_ = build_index(
+            X,
+            metric=self.metric,
+            recall=self.recall,
+            k=min(self.n_neighbors, len(X)),
+            memory_budget=self.memory_budget,
+            family=family,
+            progress=False,
+        )
+        return self
+
+    def _check_query(self, X: Any) -> np.ndarray:
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "index_")
+        X = _check_features(X)
+        if X.shape[1] != self.n_features_in_:
+            raise DimensionMismatchError(
+                f"X has {X.shape[1]} features, but KNNClassifier is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        return X
+
+    def kneighbors(
+        self, X: Any = None, n_neighbors: int | None = None, return_distance: bool = True
+    ) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        """Distances and training-row indices of the nearest neighbours, closest first.
+
+        With ``X=None`` the training rows are the queries and each is left out of its own
+        neighbours, as in scikit-learn.
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "index_")
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        training_queries = X is None
+        X = self._fit_X if training_queries else self._check_query(X)
+        available = len(self._fit_X) - int(training_queries)
+        if not 1 <= k <= available:
+            raise InputError(
+                f"n_neighbors={k} must be between 1 and the {available} training rows available"
+            )
+        raw, rows = self.index_.index.search(_prepare(X, self.metric), k + training_queries)
+        rows = rows.astype(np.int64)
+        positions = np.where(rows >= 0, self.index_.row_positions[np.maximum(rows, 0)], -1)
+        distances = _as_distances(raw, rows, self.metric)
+        if training_queries:
+            positions, distances = _drop_positions(positions, distances, np.arange(len(X)), k)
+        return (distances, positions) if return_distance else positions
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Share of the (weighted) neighbour votes for each class in :attr:`classes_`."""
+        distances, positions = self.kneighbors(X)
+        return vote(
+            distances,
+            positions,
+            self._encoded,
+            len(self.classes_),
+            self.weights,
+            self.temperature,
+            self.metric,
+        )
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class with the most (weighted) neighbour votes; ties go to the first class."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def duplicate_groups(X: np.ndarray) -> np.ndarray:
+    """Per row, an id shared exactly by the rows with an identical vector."""
+    X = np.ascontiguousarray(X)
+    rows = X.view(np.dtype((np.void, X.dtype.itemsize * X.shape[1]))).ravel()
+    return np.unique(rows, return_inverse=True)[1].ravel()
+
+
+def leak_components(
+    X: np.ndarray, groups: Sequence[Any] | None = None, exclude_duplicates: bool = True
+) -> np.ndarray:
+    """Per row, the id of its leak component: rows linked by identical vectors (when
+    ``exclude_duplicates``) or by a shared group, transitively. Rows of one component must
+    never be split between training and test."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(X)
+    links = []
+    if exclude_duplicates:
+        links.append(duplicate_groups(X))
+    if groups is not None:
+        groups = np.asarray(groups)
+        if len(groups) != n:
+            raise InputError(f"{len(groups)} groups for {n} rows")
+        links.append(np.unique(groups.astype(str), return_inverse=True)[1].ravel())
+    if not links:
+        return np.arange(n)
+    rows, cols, offset = [], [], n
+    for link in links:
+        rows.append(np.arange(n))
+        cols.append(link + offset)
+        offset += int(link.max()) + 1
+    rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(rows_all)), (rows_all, cols_all)), shape=(offset, offset))
+    return np.unique(connected_components(graph, directed=False)[1][:n], return_inverse=True)[1]
+
+
+def _loo_neighbours(
+    X: np.ndarray, component: np.ndarray, k: int, metric: str, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of every row, its own leak component left out."""
+    import faiss
+    from tqdm import tqdm
+
+    n = len(X)
+    vectors = _prepare(X, metric)
+    index = faiss.IndexFlat(vectors.shape[1], _faiss_metric(metric))
+    index.add(vectors)
+    sizes = np.bincount(component)
+    size_of_row = sizes[component]
+    positions = np.full((n, k), -1, dtype=np.int64)
+    distances = np.full((n, k), np.inf, dtype=np.float32)
+    small = np.flatnonzero(size_of_row <= _SMALL_COMPONENT)
+    if len(small):
+        fetch = min(n, k + int(size_of_row[small].max()))
+        batch = max(1, 2**22 // fetch)
+        for start in tqdm(range(0, len(small), batch), disable=not progress, desc="leave-one-out"):
+            queries = small[start : start + batch]
+            raw, rows = index.search(vectors[queries], fetch)
+            rows = rows.astype(np.int64)
+            keep = (rows >= 0) & (component[np.maximum(rows, 0)] != component[queries, None])
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+            kept = np.take_along_axis(keep, order, 1)
+            picked = np.take_along_axis(rows, order, 1)
+            positions[queries] = np.where(kept, picked, -1)
+            distances[queries] = _as_distances(
+                np.take_along_axis(raw, order, 1), positions[queries], metric
+            )
+    for comp in np.flatnonzero(sizes > _SMALL_COMPONENT):
+        members = np.flatnonzero(component == comp)
+        allowed = np.packbits(component != comp, bitorder="little")
+        selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(allowed))
+        raw, rows = index.search(
+            vectors[members], min(k, n - len(members)), params=faiss.SearchParameters(sel=selector)
+        )
+        rows = rows.astype(np.int64)
+        positions[members, : rows.shape[1]] = rows
+        distances[members, : rows.shape[1]] = _as_distances(raw, rows, metric)
+    return distances, positions
+
+
+@dataclass
+class KNNReport:
+    """Out-of-sample k-NN classification quality; ``to_dict`` / ``to_text`` / ``save``."""
+
+    method: str
+    metric: str
+    weights: str
+    n_neighbors: int
+    n_samples: int
+    n_splits: int | None
+    exclude_duplicates: bool
+    grouped: bool
+    n_components: int
+    mean_excluded: float
+    accuracy: float
+    top_k_accuracy: dict[int, float]
+    f1_weighted: float
+    f1_macro: float
+    classes: list[Any]
+    per_class: list[dict[str, Any]]
+    confusion: np.ndarray
+    y_true: np.ndarray = field(repr=False)
+    y_pred: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every figure, JSON-ready (per-row predictions left out)."""
+        return {
+            "method": self.method,
+            "metric": self.metric,
+            "weights": self.weights,
+            "n_neighbors": self.n_neighbors,
+            "n_samples": self.n_samples,
+            "n_splits": self.n_splits,
+            "exclude_duplicates": self.exclude_duplicates,
+            "grouped": self.grouped,
+            "n_components": self.n_components,
+            "mean_excluded": self.mean_excluded,
+            "accuracy": self.accuracy,
+            "top_k_accuracy": {str(k): v for k, v in self.top_k_accuracy.items()},
+            "f1_weighted": self.f1_weighted,
+            "f1_macro": self.f1_macro,
+            "classes": [_plain(c) for c in self.classes],
+            "per_class": self.per_class,
+            "confusion": self.confusion.tolist(),
+        }
+
+    def to_text(self, max_classes: int = 30) -> str:
+        """A readable summary, the per-class table and (for few classes) the confusion matrix."""
+        how = (
+            "leave-one-out"
+            if self.method == "loo"
+            else f"stratified {'group ' if self.n_components < self.n_samples else ''}"
+            f"{self.n_splits}-fold"
+        )
+        guards = []
+        if self.exclude_duplicates:
+            guards.append("exact duplicates kept apart")
+        if self.grouped:
+            guards.append("groups kept apart")
+        lines = [
+            f"k-NN ({self.n_neighbors} neighbours, {self.weights} weights, {self.metric}) "
+            f"{how} on {self.n_samples} rows, {len(self.classes)} classes"
+            + (
+                f"; {', '.join(guards)} (mean {self.mean_excluded:.2f} rows excluded per query)"
+                if guards
+                else ""
+            ),
+            f"accuracy      {self.accuracy:.4f}",
+            *(f"top-{k} accuracy {v:.4f}" for k, v in self.top_k_accuracy.items()),
+            f"F1 weighted   {self.f1_weighted:.4f}",
+            f"F1 macro      {self.f1_macro:.4f}",
+            "",
+            f"{'class':<24} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}",
+        ]
+        for row in self.per_class[:max_classes]:
+            lines.append(
+                f"{str(row['class'])[:24]:<24} {row['precision']:>9.3f} {row['recall']:>7.3f} "
+                f"{row['f1']:>6.3f} {row['support']:>7d}"
+            )
+        if len(self.per_class) > max_classes:
+            lines.append(f"... and {len(self.per_class) - max_classes} more classes")
+        if len(self.classes) <= 12:
+            lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+            names = [str(c)[:8] for c in self.classes]
+            lines.append(" " * 9 + " ".join(f"{name:>8}" for name in names))
+            for name, row in zip(names, self.confusion):
+                lines.append(f"{name:>8} " + " ".join(f"{v:>8d}" for v in row))
+        return "\n".join(lines)
+
+    def plot_confusion(self, path: str | os.PathLike) -> Path:
+        """Save the row-normalised confusion matrix as a PNG (needs matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as error:
+            raise BeatmapFidError(
+                "the confusion-matrix PNG needs matplotlib: pip install 'beatmap_fid[plot]'"
+            ) from error
+        counts = self.confusion.astype(float)
+        totals = counts.sum(axis=1, keepdims=True)
+        share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+        size = min(20.0, 3.0 + 0.35 * len(self.classes))
+        fig, ax = plt.subplots(figsize=(size, size))
+        image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+        if len(self.classes) <= 60:
+            names = [str(c)[:20] for c in self.classes]
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"k-NN {self.method}: accuracy {self.accuracy:.3f}")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    def save(self, directory: str | os.PathLike) -> dict[str, Path]:
+        """Write ``knn_report.json``, ``knn_report.txt`` and ``knn_confusion.png``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "json": directory / "knn_report.json",
+            "text": directory / "knn_report.txt",
+            "png": directory / "knn_confusion.png",
+        }
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        paths["text"].write_text(self.to_text(max_classes=10**9) + "\n", encoding="utf-8")
+        self.plot_confusion(paths["png"])
+        return paths
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _report(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    classes: np.ndarray,
+    top_k: Sequence[int],
+    **fields: Any,
+) -> KNNReport:
+    from sklearn.metrics import (
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+        top_k_accuracy_score,
+    )
+
+    y_pred = classes[np.argmax(proba, axis=1)]
+    labels = np.arange(len(classes))
+    true_index = np.searchsorted(classes, y_true)
+    pred_index = np.argmax(proba, axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_index, pred_index, labels=labels, zero_division=0
+    )
+    top = {}
+    for k in sorted(set(top_k)):
+        if 1 < k < len(classes):
+            top[k] = float(top_k_accuracy_score(true_index, proba, k=k, labels=labels))
+    return KNNReport(
+        accuracy=float(np.mean(pred_index == true_index)),
+        top_k_accuracy=top,
+        f1_weighted=float(
+            f1_score(true_index, pred_index, labels=labels, average="weighted", zero_division=0)
+        ),
+        f1_macro=float(
+            f1_score(true_index, pred_index, labels=labels, average="macro", zero_division=0)
+        ),
+        classes=[_plain(c) for c in classes],
+        per_class=[
+            {
+                "class": _plain(c),
+                "precision": float(p),
+                "recall": float(r),
+                "f1": float(f),
+                "support": int(s),
+            }
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support)
+        ],
+        confusion=confusion_matrix(true_index, pred_index, labels=labels),
+        y_true=y_true,
+        y_pred=y_pred,
+        **fields,
+    )
+
+
+def evaluate_knn(
+    X: Any,
+    y: Any,
+    *,
+    method: str = "loo",
+    n_neighbors: int = 5,
+    weights: str = "uniform",
+    temperature: float = 1.0,
+    metric: str = "l2",
+    groups: Sequence[Any] | None = None,
+    exclude_duplicates: bool = True,
+    n_splits: int = 5,
+    top_k: Sequence[int] = (3, 5),
+    index: str = "exact",
+    random_state: int = 0,
+    progress: bool = True,
+) -> KNNReport:
+    """Out-of-sample k-NN accuracy, top-k accuracy, F1 and confusion matrix.
+
+    ``method="loo"``: every row is classified by its neighbours among all other rows, minus
+    its leak component (its exact duplicates when ``exclude_duplicates``, its whole group when
+    ``groups`` is given). ``method="kfold"``: ``n_splits`` stratified folds that keep each leak
+    component in one fold (StratifiedGroupKFold). ``index`` is passed to
+    :class:`KNNClassifier` for k-fold; leave-one-out always searches exactly.
+    """
+    if method not in ("loo", "kfold"):
+        raise InputError(f"method must be 'loo' or 'kfold', got {method!r}")
+    _check_weights(weights, temperature, metric)
+    X = _check_features(X)
+    classes, encoded = _check_labels(y, len(X))
+    y = classes[encoded]
+    if len(X) < 2:
+        raise InsufficientSamplesError("evaluation needs at least two labelled rows")
+    component = leak_components(X, groups, exclude_duplicates)
+    sizes = np.bincount(component)
+    if sizes.max() == len(X):
+        raise InsufficientSamplesError(
+            "every row is linked to every other (one group or all identical vectors): no row "
+            "has neighbours left to be classified by"
+        )
+    fields = {
+        "method": method,
+        "metric": metric,
+        "weights": weights,
+        "n_neighbors": n_neighbors,
+        "n_samples": len(X),
+        "exclude_duplicates": exclude_duplicates,
+        "grouped": groups is not None,
+        "n_components": len(sizes),
+        "mean_excluded": float(np.mean(sizes[component] - 1)),
+    }
+    if method == "loo":
+        distances, positions = _loo_neighbours(X, component, n_neighbors, metric, progress)
+        proba = vote(distances, positions, encoded, len(classes), weights, temperature, metric)
+        return _report(y, proba, classes, top_k, n_splits=None, **fields)
+
+    proba = _kfold_proba(
+        X,
+        encoded,
+        component,
+        len(classes),
+        n_splits,
+        random_state,
+        progress,
+        KNNClassifier(
+            n_neighbors, weights=weights, temperature=temperature, metric=metric, index=index
+        ),
+    )
+    return _report(y, proba, classes, top_k, n_splits=n_splits, **fields)
+
+
+def leak_aware_splits(
+    y: np.ndarray, component: np.ndarray, n_splits: int = 5, random_state: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (train, test) row indices that keep every leak component in one fold.
+
+    StratifiedKFold when every component is a single row, StratifiedGroupKFold otherwise.
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    grouped = len(np.unique(component)) < len(y)
+    splitter = (
+        StratifiedGroupKFold(n_splits, shuffle=True, random_state=random_state)
+        if grouped
+        else StratifiedKFold(n_splits, shuffle=True, random_state=random_state)
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class")
+            return list(splitter.split(np.zeros(len(y)), y, component if grouped else None))
+    except ValueError as error:
+        raise InputError(f"cannot make {n_splits} folds: {error}") from error
+
+
+def _kfold_proba(
+    X: np.ndarray,
+    encoded: np.ndarray,
+    component: np.ndarray,
+    n_classes: int,
+    n_splits: int,
+    random_state: int,
+    progress: bool,
+    classifier: KNNClassifier,
+) -> np.ndarray:
+    from sklearn.base import clone
+    from tqdm import tqdm
+
+    proba = np.zeros((len(X), n_classes))
+    splits = leak_aware_splits(encoded, component, n_splits, random_state)
+    for train, test in tqdm(splits, disable=not progress, desc="folds"):
+        model = clone(classifier).fit(X[train], encoded[train])
+        proba[np.ix_(test, model.classes_)] = model.predict_proba(X[test])
+    return proba
+
+
+# ----------------------------------------------------------------------------- copies
+
+
+@dataclass
+class MemorisationReport:
+    """Generated items sorted most suspicious first, with their nearest real items.
+
+    ``score`` = d(g, r*) / d(r*, nearest other real item), where r* is the nearest real item
+    of generated item g (the per-neighbour "authenticity" test of Alaa et al., 2022, as a
+    ratio): below 1, g sits closer to r* than any other real item does, a sign of copying;
+    near 0, a near-exact copy. ``score_global`` divides by the median real-to-real
+    nearest-neighbour distance instead. ``flagged``: ``score < threshold``.
+    """
+
+    generated_ids: np.ndarray
+    score: np.ndarray
+    score_global: np.ndarray
+    distance: np.ndarray
+    reference_distance: np.ndarray
+    nearest_real_ids: np.ndarray
+    nearest_real_distances: np.ndarray
+    median_real_distance: float
+    threshold: float
+    metric: str
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return self.score < self.threshold
+
+    def to_dict(self, top: int | None = None) -> dict[str, Any]:
+        rows = range(len(self.generated_ids) if top is None else min(top, len(self.generated_ids)))
+        return {
+            "metric": self.metric,
+            "threshold": self.threshold,
+            "median_real_distance": self.median_real_distance,
+            "n_generated": len(self.generated_ids),
+            "n_flagged": int(self.flagged.sum()),
+            "items": [
+                {
+                    "id": str(self.generated_ids[i]),
+                    "score": float(self.score[i]),
+                    "score_global": float(self.score_global[i]),
+                    "distance": float(self.distance[i]),
+                    "reference_distance": float(self.reference_distance[i]),
+                    "flagged": bool(self.flagged[i]),
+                    "nearest_real": [
+                        {"id": str(r), "distance": float(d)}
+                        for r, d in zip(self.nearest_real_ids[i], self.nearest_real_distances[i])
+                        if r != ""
+                    ],
+                }
+                for i in rows
+            ],
+        }
+
+    def to_text(self, top: int = 20) -> str:
+        lines = [
+            f"{int(self.flagged.sum())} of {len(self.generated_ids)} generated items score "
+            f"below {self.threshold} (score = distance to nearest real / that real item's own "
+            f"nearest-real distance; median real-to-real distance "
+            f"{self.median_real_distance:.4g}, {self.metric})",
+            f"{'generated':<32} {'score':>7} {'global':>7} {'distance':>10}  nearest real",
+        ]
+        for i in range(min(top, len(self.generated_ids))):
+            mark = " *" if self.flagged[i] else ""
+            lines.append(
+                f"{str(self.generated_ids[i])[:32]:<32} {self.score[i]:>7.3f} "
+                f"{self.score_global[i]:>7.3f} {self.distance[i]:>10.4g}  "
+                f"{self.nearest_real_ids[i, 0]}{mark}"
+            )
+        return "\n".join(lines)
+
+
+def _as_vectors(source: Any, ids: Sequence[str] | None, stack: ExitStack, what: str):
+    src = _as_source(source, ids, None, stack)
+    vectors = src.array if src.array is not None else np.asarray(src.store.vectors())
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise NonFiniteError(
+            f"{what} vectors contain NaN or infinite values (first: id "
+            f"{str(src.ids[np.flatnonzero(~finite)[0]])!r})"
+        )
+    return vectors, src.ids, src.provenance.get("config_hash")
+
+
+def memorisation_scores(
+    generated: Any,
+    real: Any,
+    *,
+    k: int = 5,
+    metric: str = "l2",
+    threshold: float = 0.5,
+    generated_ids: Sequence[str] | None = None,
+    real_ids: Sequence[str] | None = None,
+) -> MemorisationReport:
+    """How close each generated item sits to its nearest real items, most suspicious first.
+
+    ``generated`` / ``real``: embedding stores, store paths, or arrays (with optional ids).
+    Real items identical to each other count as one when measuring the real-to-real distance.
+    See :class:`MemorisationReport` for the score. Search is exact.
+    """
+    import faiss
+
+    if metric == "ip":
+        raise InputError("memorisation scores need a distance: use metric 'l2' or 'cosine'")
+    with ExitStack() as stack:
+        gen, gen_ids, gen_hash = _as_vectors(generated, generated_ids, stack, "generated")
+        ref, ref_ids, ref_hash = _as_vectors(real, real_ids, stack, "real")
+    if gen_hash and ref_hash and gen_hash != ref_hash:
+        raise ConfigMismatchError(
+            f"generated store has config hash {gen_hash}, real store {ref_hash}: distances "
+            "between vectors of different extractor configs mean nothing"
+        )
+    if gen.shape[1] != ref.shape[1]:
+        raise DimensionMismatchError(
+            f"generated vectors have dimension {gen.shape[1]}, real vectors {ref.shape[1]}"
+        )
+    gen_v, ref_v = _prepare(gen, metric), _prepare(ref, metric)
+    real_copies = duplicate_groups(ref_v)  # after normalising: scaled copies are one for cosine
+    first_of = np.unique(real_copies, return_index=True)[1]
+    if len(first_of) < 2:
+        raise InsufficientSamplesError("memorisation needs at least two distinct real vectors")
+    k = min(k, len(ref))
+    faiss_metric = _faiss_metric(metric)
+
+    everything = faiss.IndexFlat(ref_v.shape[1], faiss_metric)
+    everything.add(ref_v)
+    raw, rows = everything.search(gen_v, k)
+    nearest_distances = _as_distances(raw, rows, metric)
+
+    distinct = faiss.IndexFlat(ref_v.shape[1], faiss_metric)
+    distinct.add(ref_v[first_of])
+    raw_rr, _ = distinct.search(ref_v[first_of], 2)
+    own_nn = _as_distances(raw_rr, np.zeros_like(raw_rr, dtype=np.int64), metric)[:, 1]
+    nn_of_row = own_nn[real_copies]
+    median = float(np.median(own_nn))
+
+    distance = nearest_distances[:, 0].astype(np.float64)
+    reference = nn_of_row[rows[:, 0]].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(distance == 0, 0.0, distance / reference)
+        score_global = np.where(distance == 0, 0.0, distance / median)
+    order = np.argsort(score, kind="stable")
+    neighbour_ids = np.where(rows >= 0, ref_ids[np.maximum(rows, 0)], "")
+    return MemorisationReport(
+        generated_ids=gen_ids[order],
+        score=score[order],
+        score_global=score_global[order],
+        distance=distance[order],
+        reference_distance=reference[order],
+        nearest_real_ids=neighbour_ids[order],
+        nearest_real_distances=nearest_distances[order],
+        median_real_distance=median if math.isfinite(median) else float("nan"),
+        threshold=threshold,
+        metric=metric,
+    )
