@@ -1,0 +1,136 @@
+"""FID between folders of beatmaps, end to end: Python API, streaming metric and command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beatmap_fid import StreamingFID, compute_fid, embed_to_store
+from beatmap_fid.beatmap.perturb import Disturbance, perturb_folder
+from beatmap_fid.cli import main
+from beatmap_fid.errors import InsufficientSamplesError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO_ROOT / "examples" / "data"
+
+
+def test_fid_of_a_set_with_itself_is_zero(synthetic_beatmaps: Path, tmp_path: Path) -> None:
+    result = compute_fid(
+        synthetic_beatmaps / "flow", synthetic_beatmaps / "flow", store_dir=tmp_path, progress=False
+    )
+    assert result.fid == pytest.approx(0.0, abs=1e-9)
+    assert result.real.n_sources == 6
+    assert result.real.n_vectors == result.generated.n_vectors > 6
+
+
+def test_styles_differ_more_than_halves_of_one_style(
+    synthetic_beatmaps: Path, tmp_path: Path
+) -> None:
+    across = compute_fid(
+        synthetic_beatmaps / "flow",
+        synthetic_beatmaps / "jumps",
+        store_dir=tmp_path,
+        progress=False,
+    ).fid
+    assert across > 0.1
+
+
+def test_rerun_reuses_stores(synthetic_beatmaps: Path, tmp_path: Path) -> None:
+    store = tmp_path / "flow.h5"
+    first = embed_to_store(synthetic_beatmaps / "flow", "descriptors", store, progress=False)
+    second = embed_to_store(synthetic_beatmaps / "flow", "descriptors", store, progress=False)
+    assert first.written == first.n_items > 0 and first.reused == 0
+    assert second.written == 0 and second.reused == first.n_items
+    assert second.ids == first.ids
+
+
+def test_streaming_metric_matches_folder_fid(synthetic_beatmaps: Path, tmp_path: Path) -> None:
+    reference = synthetic_beatmaps / "flow"
+    generated = sorted((synthetic_beatmaps / "jumps").glob("*.osu"))
+    expected = compute_fid(
+        reference, synthetic_beatmaps / "jumps", store_dir=tmp_path, progress=False
+    ).fid
+    metric = StreamingFID(reference, store_dir=tmp_path)
+    metric.update(generated[:3])
+    metric.update([path.read_text(encoding="utf-8") for path in generated[3:]])
+    metric.update("osu file format v14\n[HitObjects]\nnot an object\n")
+    assert metric.compute() == pytest.approx(expected, rel=1e-9)
+    assert len(metric.skipped) == 1
+    metric.reset()
+    with pytest.raises(InsufficientSamplesError):
+        metric.compute()
+
+
+def test_empty_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "broken.osu").write_text("not a beatmap", encoding="utf-8")
+    code = main(
+        [
+            "fid",
+            str(EXAMPLES / "real"),
+            str(tmp_path / "empty"),
+            "--quiet",
+            "--store-dir",
+            str(tmp_path / "stores"),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "at least 2 are needed" in err and "broken.osu" in err
+
+
+def test_cli_fid_json_on_bundled_examples(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(
+        [
+            "fid",
+            str(EXAMPLES / "real"),
+            str(EXAMPLES / "generated"),
+            "--json",
+            "--quiet",
+            "--store-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fid"] > 0
+    assert result["real"]["n_sources"] == 8 and result["generated"]["n_sources"] == 8
+    stores = sorted(tmp_path.glob("*.h5"))
+    code = main(["fd", str(stores[0]), str(stores[1]), "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["fd"] == pytest.approx(result["fid"], rel=1e-9)
+
+
+def _real_standard_maps(shared_data: Path, destination: Path, limit: int) -> Path:
+    """Copy up to ``limit`` osu!standard song folders (maps and audio) into ``destination``."""
+    songs = sorted((shared_data / "beatmaps" / "songs").iterdir())
+    for folder in songs[:limit]:
+        shutil.copytree(folder, destination / folder.name)
+    return destination
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_fid_rises_with_disturbance_on_real_maps(shared_data: Path, tmp_path: Path) -> None:
+    real = _real_standard_maps(shared_data, tmp_path / "real", limit=12)
+    stores = tmp_path / "stores"
+    assert compute_fid(real, real, store_dir=stores, progress=False).fid == pytest.approx(
+        0.0, abs=1e-9
+    )
+    kinds = {
+        "timing_jitter_ms": (0.0, 5.0, 20.0, 60.0),
+        "position_noise_px": (0.0, 10.0, 40.0, 120.0),
+        "drop_fraction": (0.0, 0.1, 0.3, 0.6),
+    }
+    for kind, levels in kinds.items():
+        fids = []
+        for level in levels:
+            disturbed = tmp_path / f"{kind}-{level}"
+            perturb_folder(real, disturbed, Disturbance(**{kind: level}), seed=7)
+            fids.append(compute_fid(real, disturbed, store_dir=stores, progress=False).fid)
+        assert fids[0] == pytest.approx(0.0, abs=1e-6), kind
+        assert np.all(np.diff(fids) > 0), (kind, fids)
