@@ -134,3 +134,15 @@ def test_fid_rises_with_disturbance_on_real_maps(shared_data: Path, tmp_path: Pa
             fids.append(compute_fid(real, disturbed, store_dir=stores, progress=False).fid)
         assert fids[0] == pytest.approx(0.0, abs=1e-6), kind
         assert np.all(np.diff(fids) > 0), (kind, fids)
+
+
+def test_quickstart_example_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = REPO_ROOT / "examples" / "quickstart.py"
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "streaming FID" in done.stdout and "precision" in done.stdout
