@@ -85,6 +85,7 @@ BUILTIN_EXTRACTOR_MODULES = (
     "beatmap_fid.extractors.efficientnet",
     "beatmap_fid.extractors.inception",
     "beatmap_fid.extractors.audio",
+    "beatmap_fid.extractors.beatmap_image",
 )
 
 
