@@ -45,3 +45,15 @@ def synthetic_beatmaps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, style in enumerate(("flow", "jumps"), start=1):
         write_synthetic_set(root / style, 6, seed=seed, style=style, duration_s=30.0, audio=True)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """Limit BLAS to one thread: on a busy machine threaded BLAS only slows small matrices."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield

@@ -21,16 +21,7 @@ from beatmap_fid.stats import GaussianStats, RunningGaussian, gaussian_stats
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """The matrices here are small: threaded BLAS only slows them down on a busy machine."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def features(seed: int, n: int, d: int, decay: float = 0.75, shift: float = 0.0) -> np.ndarray:

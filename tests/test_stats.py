@@ -15,17 +15,7 @@ from beatmap_fid.errors import (
 )
 from beatmap_fid.stats import GaussianStats, RunningGaussian, gaussian_stats
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """The matrices here are small: threaded BLAS only slows them down on a busy machine."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def correlated(rng: np.random.Generator, n: int, d: int, offset: float = 3.0) -> np.ndarray:

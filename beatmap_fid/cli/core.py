@@ -11,7 +11,7 @@ from beatmap_fid.cli.output import add_json_flag, emit
 from beatmap_fid.errors import InputError
 
 
-def _extractor_options(values: list[str] | None) -> dict[str, Any]:
+def extractor_options_from(values: list[str] | None) -> dict[str, Any]:
     """``--option key=value`` pairs; values are read as JSON when they parse, else as text."""
     options: dict[str, Any] = {}
     for pair in values or []:
@@ -25,7 +25,7 @@ def _extractor_options(values: list[str] | None) -> dict[str, Any]:
     return options
 
 
-def _add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
+def add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extractor", default="descriptors", help="feature extractor (default: descriptors)"
     )
@@ -83,7 +83,7 @@ def _run_fid(args: argparse.Namespace) -> int:
         device=args.device,
         strict=args.strict,
         progress=not args.quiet,
-        **_extractor_options(args.option),
+        **extractor_options_from(args.option),
     ).to_dict()
     lines = [
         f"FID ({result['extractor']}): {result['fid']:.6g}",
@@ -106,7 +106,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         args.output,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        **_extractor_options(args.option),
+        **extractor_options_from(args.option),
     )
     summary = {
         "store": str(result.store_path),
@@ -170,7 +170,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("real", help="folder of maps, store (.h5) or statistics (.npz)")
     parser.add_argument("generated", help="folder of maps, store (.h5) or statistics (.npz)")
-    _add_extractor_arguments(parser)
+    add_extractor_arguments(parser)
     parser.add_argument("--store-dir", default=None, help="where stores of folders are kept")
     parser.add_argument("--device", default=None, help="device of the Fréchet distance")
     parser.add_argument("--strict", action="store_true", help="fail when any input is skipped")
@@ -180,7 +180,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("embed", help="embed a folder or file into a store (resumable)")
     parser.add_argument("source", help="folder or file")
     parser.add_argument("-o", "--output", required=True, help="output store (.h5)")
-    _add_extractor_arguments(parser)
+    add_extractor_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="exit 1 when any input is skipped")
     add_json_flag(parser)
     parser.set_defaults(run=_run_embed)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from beatmap_fid.cli.core import _add_extractor_arguments, _extractor_options
+from beatmap_fid.cli.core import add_extractor_arguments, extractor_options_from
 from beatmap_fid.cli.output import add_json_flag, emit
 from beatmap_fid.errors import InputError
 
@@ -77,7 +77,7 @@ def _run_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         title=args.title,
         progress=not args.quiet,
-        extractor_options=_extractor_options(args.option),
+        extractor_options=extractor_options_from(args.option),
         **options,
     )
     summary = {
@@ -104,7 +104,7 @@ def _run_score(args: argparse.Namespace) -> int:
         store_dir=args.store_dir,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        **_extractor_options(args.option),
+        **extractor_options_from(args.option),
     )
     passing = result.passing(args.min)
     summary = result.to_dict()
@@ -137,7 +137,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("real", help="folder of real maps (or files), or a store (.h5)")
     parser.add_argument("generated", help="folder of generated maps (or files), or a store (.h5)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    _add_extractor_arguments(parser)
+    add_extractor_arguments(parser)
     parser.add_argument("--store-dir", default=None, help="where stores of folders are kept")
     parser.add_argument(
         "--metrics",
