@@ -40,6 +40,10 @@ class StoreLockedError(StoreError):
     """Another writer holds the store's lock."""
 
 
+class StoreFullError(StoreError):
+    """The disk holding a store has no room for the next batch (committed rows are kept)."""
+
+
 class ConfigMismatchError(StoreError):
     """Vectors made with one extractor configuration met vectors made with another."""
 

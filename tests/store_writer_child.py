@@ -3,13 +3,10 @@
 Run as a child process by tests/test_store.py, which kills it at chosen moments and checks
 that the store survives. With ``--paced`` it reads one byte of stdin before each batch, so
 that the test decides how far it may get. ``--die-before-commit B`` makes it kill itself inside batch B, after
-the batch's rows are flushed to disk but before ``n_rows`` commits them. With
-``--stale-superblock`` it first puts back the end-of-allocation address of the last commit into
-the superblock: the state a kill inside HDF5's flush leaves, since HDF5 writes the superblock
-after the rest of the metadata.
+the batch's rows are flushed to disk but before ``n_commits`` commits them.
 
     python tests/store_writer_child.py STORE N_BATCHES BATCH_SIZE DIM [--paced]
-        [--die-before-commit B [--stale-superblock]]
+        [--die-before-commit B]
 """
 
 from __future__ import annotations
@@ -22,20 +19,23 @@ import sys
 import h5py
 import numpy as np
 
-from beatmap_fid.store import StoreWriter, superblock_eoa_field
+from beatmap_fid.store import StoreWriter
 
 EXTRACTOR = "kill-test"
 CONFIG = {"purpose": "kill test", "version": 1}
 
 
 def make_batch(index: int, batch_size: int, dim: int) -> tuple[list[str], np.ndarray, list]:
-    """Batch ``index``: unicode ids (the first repeats the previous batch's last), vectors, labels."""
+    """Batch ``index``: unicode ids (the first repeats the previous batch's last), vectors and
+    labels (from batch 5 on)."""
     rng = np.random.default_rng(index)
     ids = [f"譜面-{index:04d}-{row:03d}" for row in range(batch_size)]
     if index > 0:
         ids[0] = f"譜面-{index - 1:04d}-{batch_size - 1:03d}"
     vectors = rng.standard_normal((batch_size, dim)).astype(np.float32)
-    labels = [None if row % 3 == 0 else f"mapper {row % 5}" for row in range(batch_size)]
+    labels = [  # the first batches have no labels: the labels start in the middle of a run
+        None if row % 3 == 0 or index < 5 else f"mapper {row % 5}" for row in range(batch_size)
+    ]
     return ids, vectors, labels
 
 
@@ -52,23 +52,19 @@ def write_batches(
                 report(index)
 
 
-def _die_inside_batch(batch: int, current: list[int], stale_superblock: bool) -> None:
-    """Make ``h5py.File.flush`` kill the process once batch ``batch`` has flushed its rows."""
+def _die_inside_batch(batch: int) -> None:
+    """Make ``h5py.File.flush`` kill the process once batch ``batch`` has flushed its rows.
+
+    A batch flushes twice: once with its rows and its commit record, once with the commit
+    count that makes it visible. The kill lands between the two.
+    """
     real_flush = h5py.File.flush
-    committed_eoa = {}
+    flushes = [0]
 
     def flush_then_die(file: h5py.File) -> None:
         real_flush(file)
-        with open(file.filename, "rb") as raw:
-            header = raw.read(64)
-        at, size = superblock_eoa_field(header)
-        if file["vectors"].shape[0] == int(file.attrs["n_rows"]):
-            committed_eoa["bytes"] = header[at : at + size]
-        elif current[0] == batch:
-            if stale_superblock:
-                descriptor = os.open(file.filename, os.O_WRONLY)
-                os.pwrite(descriptor, committed_eoa["bytes"], at)
-                os.close(descriptor)
+        flushes[0] += 1
+        if flushes[0] == 2 * batch + 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
     h5py.File.flush = flush_then_die
@@ -81,17 +77,14 @@ def main() -> None:
     parser.add_argument("batch_size", type=int)
     parser.add_argument("dim", type=int)
     parser.add_argument("--die-before-commit", type=int, default=None)
-    parser.add_argument("--stale-superblock", action="store_true")
     parser.add_argument(
         "--paced", action="store_true", help="read one byte of stdin before each batch"
     )
     args = parser.parse_args()
-    current = [0]
     if args.die_before_commit is not None:
-        _die_inside_batch(args.die_before_commit, current, args.stale_superblock)
+        _die_inside_batch(args.die_before_commit)
 
     def report(index: int) -> None:
-        current[0] = index + 1
         print(f"done {index}", flush=True)
 
     print("started", flush=True)

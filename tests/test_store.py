@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -22,6 +23,7 @@ from beatmap_fid.errors import (
     InputError,
     NonFiniteError,
     StoreError,
+    StoreFullError,
     StoreLockedError,
 )
 from beatmap_fid.extractors.base import config_hash
@@ -30,6 +32,8 @@ from beatmap_fid.store import (
     FORMAT_VERSION,
     EmbeddingStore,
     StoreWriter,
+    batch_checksums,
+    lookup3,
     merge_stores,
     open_store,
     superblock_eoa_field,
@@ -104,10 +108,11 @@ def test_labels_absent_until_a_row_has_one(tmp_path):
     path = tmp_path / "store.h5"
     with StoreWriter(path, "tiny", CONFIG, 3) as writer:
         writer.append(["a", "b"], _vectors(2, 3), [None, ""])
+        with EmbeddingStore(path, _lock_held=True) as store:
+            assert store.labels is None
+        writer.append(["c"], _vectors(1, 3), ["late"])
     with EmbeddingStore(path) as store:
-        assert store.labels is None
-    with h5py.File(path, "r") as file:
-        assert "labels" not in file
+        assert store.labels.tolist() == ["", "", "late"]
 
 
 @pytest.mark.parametrize("dim", [1, 100, 2048, 300_000])
@@ -127,8 +132,8 @@ def test_vectors_chunks_are_whole_rows_of_about_one_mib(tmp_path, dim):
             assert CHUNK_BYTES / 2 < chunk_bytes <= CHUNK_BYTES
         else:
             assert dim * 4 >= CHUNK_BYTES / 2
-        assert file["ids"].dtype == h5py.string_dtype("utf-8")
-        assert h5py.check_string_dtype(file["ids"].dtype).encoding == "utf-8"
+        assert file["ids_bytes"].dtype == np.uint8  # UTF-8 bytes, no variable-length data
+        assert file["ids_ends"].dtype == np.int64
 
 
 @pytest.fixture(scope="module")
@@ -321,13 +326,13 @@ def _truncated(path: Path) -> None:
 def _missing_dataset(path: Path) -> None:
     _write(path, ["a"], _vectors(1, 4))
     with h5py.File(path, "r+") as file:
-        del file["ids"]
+        del file["ids_ends"]
 
 
 def _count_beyond_rows(path: Path) -> None:
     _write(path, ["a"], _vectors(1, 4))
     with h5py.File(path, "r+") as file:
-        file.attrs["n_rows"] = 5
+        file["commits"][0, 0] = 5
 
 
 @pytest.mark.parametrize(
@@ -340,7 +345,7 @@ def _count_beyond_rows(path: Path) -> None:
         (_foreign_hdf5, "not a beatmap_fid embedding store"),
         (_newer_format, "newer than the version"),
         (_truncated, "truncated or corrupt"),
-        (_missing_dataset, "'ids' is missing"),
+        (_missing_dataset, "'ids_ends' is missing"),
         (_count_beyond_rows, "are committed"),
     ],
     ids=[
@@ -423,7 +428,14 @@ def _assert_prefix_of_reference(path: Path, reference, at_least_batches: int) ->
         assert n >= counts[at_least_batches - 1]
         assert store.ids.tolist() == ids[:n].tolist()
         np.testing.assert_array_equal(store.vectors(), vectors[:n])
-        assert store.labels.tolist() == labels[:n].tolist()
+        stored_labels = store.labels
+        if stored_labels is None:
+            assert not any(labels[:n])
+        else:
+            assert stored_labels.tolist() == labels[:n].tolist()
+        assert len(store.fingerprints) == n
+        if n > 1:
+            np.testing.assert_allclose(store.statistics().mu, vectors[:n].mean(0), atol=1e-6)
     return n
 
 
@@ -445,11 +457,17 @@ def _start_child(path: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+KILLS = 24
+
+
+@pytest.mark.timeout(900)
 def test_killed_writer_keeps_completed_batches_and_resume_matches_uninterrupted_run(
     tmp_path, reference_store
 ):
+    """SIGKILL at random moments while batches with labels are appended: every read of the
+    killed store finishes, and a resume leaves each item exactly once."""
     rng = random.Random(20240611)
-    for trial in range(3):
+    for trial in range(KILLS):
         path = tmp_path / f"killed{trial}.h5"
         kill_after = rng.randrange(1, N_BATCHES - 5)
         process = _start_child(path, "--paced")
@@ -471,28 +489,195 @@ def test_killed_writer_keeps_completed_batches_and_resume_matches_uninterrupted_
         _assert_equals_reference(path, reference_store)
 
 
+def _stale_allocation(path: Path) -> None:
+    """Lower the superblock's end of allocation below the file's end, checksum kept valid:
+    what a kill leaves when HDF5 grew the file but had not rewritten its superblock yet."""
+    header = bytearray(path.read_bytes()[:64])
+    at, size = superblock_eoa_field(bytes(header))
+    header[at : at + size] = (path.stat().st_size - 4096).to_bytes(size, "little")
+    end = 12 + 4 * size
+    header[end : end + 4] = lookup3(bytes(header[:end])).to_bytes(4, "little")
+    with open(path, "r+b") as file:
+        file.write(header)
+
+
 @pytest.mark.parametrize("stale_superblock", [False, True], ids=["flushed", "stale-superblock"])
 def test_writer_killed_between_flushing_rows_and_committing_them(
     tmp_path, reference_store, stale_superblock
 ):
     path = tmp_path / "killed.h5"
-    extra = ["--stale-superblock"] if stale_superblock else []
-    process = _start_child(path, "--die-before-commit", "3", *extra)
+    process = _start_child(path, "--die-before-commit", "3")
     process.communicate(timeout=60)  # stdin closed at once: the child runs unpaced
     assert process.returncode == -signal.SIGKILL
-    with h5py.File(path, "r", locking=False) as file:  # the rows of batch 3 reached the file ...
-        assert file["vectors"].shape[0] > int(file.attrs["n_rows"])
-    if stale_superblock:  # ... and blocks grown by batch 3 lie past the recorded allocation
-        header = path.read_bytes()[:64]
-        at, size = superblock_eoa_field(header)
-        assert int.from_bytes(header[at : at + size], "little") < path.stat().st_size
+    assert path.read_bytes()[11] != 0  # the superblock still says "open for writing"
+    if stale_superblock:
+        _stale_allocation(path)
+        with pytest.raises(OSError):  # HDF5 alone refuses the file
+            h5py.File(path, "r", locking=False)
     n = _assert_prefix_of_reference(path, reference_store, at_least_batches=3)
-    assert n == reference_store[3][2]  # ... but only batches 0-2 count
+    assert n == reference_store[3][2]  # batch 3 reached the file, but only batches 0-2 count
+    with h5py.File(path, "r") as file:
+        assert file["vectors"].shape[0] > n
     with StoreWriter(path, child.EXTRACTOR, child.CONFIG, DIM) as writer:
         assert len(writer) == n
-    with h5py.File(path, "r") as file:
-        assert file["vectors"].shape[0] == n  # a resumed writer drops the uncommitted tail
     child.write_batches(str(path), N_BATCHES, BATCH_SIZE, DIM)
     _assert_equals_reference(path, reference_store)
     with h5py.File(path, "r") as file:
         assert json.loads(file.attrs["config"]) == child.CONFIG
+        assert file["vectors"].shape[0] == len(reference_store[0])
+
+
+# -- fingerprints, superseded rows, older stores, full disks ------------------------------
+
+PRINT_A, PRINT_B = "a" * 32, "b" * 32
+
+
+def test_a_changed_fingerprint_supersedes_the_row_and_closing_drops_the_old_one(tmp_path):
+    path = tmp_path / "store.h5"
+    first, second = _vectors(3, 4, seed=1), _vectors(3, 4, seed=2)
+    with StoreWriter(path, "tiny", CONFIG, 4) as writer:
+        writer.append(["x", "y", "z"], first, ["l", "l", "l"], [PRINT_A] * 3)
+    with StoreWriter(path, "tiny", CONFIG, 4) as writer:
+        assert writer.holds("y", PRINT_A) and not writer.holds("y", PRINT_B)
+        assert writer.append(["x", "y"], second[:2], None, [PRINT_A, PRINT_B]) == 1
+        assert len(writer) == 4  # both rows of "y" until the writer closes
+    with EmbeddingStore(path) as store:
+        assert store.ids.tolist() == ["x", "z", "y"]
+        assert store.fingerprints.tolist() == [PRINT_A, PRINT_A, PRINT_B]
+        np.testing.assert_array_equal(store.vectors(), np.stack([first[0], first[2], second[1]]))
+        assert store.labels.tolist() == ["l", "l", ""]
+
+
+def test_retain_drops_rows_of_other_ids_when_the_writer_closes(tmp_path):
+    path = tmp_path / "store.h5"
+    vectors = _vectors(4, 3)
+    with StoreWriter(path, "tiny", CONFIG, 3) as writer:
+        writer.append(["a", "b", "c", "d"], vectors)
+    with StoreWriter(path, "tiny", CONFIG, 3) as writer:
+        writer.retain(["b", "d"])
+    with EmbeddingStore(path) as store:
+        assert store.ids.tolist() == ["b", "d"]
+        np.testing.assert_array_equal(store.vectors(), vectors[[1, 3]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.h5"]
+
+
+def test_fingerprints_are_checked(tmp_path):
+    with StoreWriter(tmp_path / "s.h5", "tiny", CONFIG, 2) as writer:
+        with pytest.raises(InputError, match="hexadecimal"):
+            writer.append(["a"], _vectors(1, 2), None, ["not-a-fingerprint"])
+        with pytest.raises(InputError, match="1 fingerprints for 2 ids"):
+            writer.append(["a", "b"], _vectors(2, 2), None, [PRINT_A])
+        with pytest.raises(InputError, match="valid Unicode"):
+            writer.append(["bad \udc80 id"], _vectors(1, 2))
+
+
+def _format_1_store(path: Path, ids, vectors, labels) -> None:
+    """A store in the layout of format version 1 (variable-length strings, ``n_rows``)."""
+    with h5py.File(path, "w", libver=("earliest", "v110")) as file:
+        file.attrs.update(
+            format_version=1,
+            extractor="tiny",
+            config=json.dumps(CONFIG, sort_keys=True, separators=(",", ":")),
+            config_hash=config_hash(CONFIG),
+            library_version="0.1.0",
+            dim=vectors.shape[1],
+            n_rows=len(ids),
+        )
+        file.create_dataset("vectors", data=vectors, maxshape=(None, vectors.shape[1]))
+        string = h5py.string_dtype("utf-8")
+        file.create_dataset("ids", data=np.array(ids, object), dtype=string, maxshape=(None,))
+        file.create_dataset("labels", data=np.array(labels, object), dtype=string, maxshape=(None,))
+
+
+def test_a_format_1_store_is_read_as_is_and_rewritten_when_a_writer_opens_it(tmp_path):
+    path = tmp_path / "old.h5"
+    vectors = _vectors(3, 5)
+    _format_1_store(path, ["a", "ビ", "c"], vectors, ["x", "", "z"])
+    with EmbeddingStore(path) as store:
+        assert store.format_version == 1 and len(store) == 3
+        assert store.ids.tolist() == ["a", "ビ", "c"]
+        assert store.labels.tolist() == ["x", "", "z"]
+        assert store.fingerprints.tolist() == ["", "", ""]
+        np.testing.assert_array_equal(store.vectors(), vectors)
+    with StoreWriter(path, "tiny", CONFIG, 5) as writer:
+        assert "ビ" in writer and len(writer) == 3
+        writer.append(["d"], _vectors(1, 5, seed=9), ["w"])
+    with EmbeddingStore(path) as store:
+        assert store.format_version == FORMAT_VERSION
+        assert store.ids.tolist() == ["a", "ビ", "c", "d"]
+        assert store.labels.tolist() == ["x", "", "z", "w"]
+        np.testing.assert_array_equal(store.vectors()[:3], vectors)
+
+
+def test_commits_record_checksums_of_each_batch(tmp_path):
+    path = tmp_path / "store.h5"
+    batches = [(["a", "b"], _vectors(2, 3, 1), ["x", ""]), (["c"], _vectors(1, 3, 2), None)]
+    with StoreWriter(path, "tiny", CONFIG, 3) as writer:
+        for ids, vectors, labels in batches:
+            writer.append(ids, vectors, labels)
+    with EmbeddingStore(path) as store:
+        commits = store.commits
+    assert commits[:, 0].tolist() == [2, 3]
+    for (ids, vectors, labels), row in zip(batches, commits):
+        labels = labels or [""] * len(ids)
+        assert tuple(row[1:].tolist()) == batch_checksums(vectors, ids, labels, [""] * len(ids))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (skipped where this process may not mount one)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def _fill_batches(path: Path, n_batches: int) -> None:
+    with StoreWriter(path, "tiny", CONFIG, 512) as writer:
+        for index in range(n_batches):
+            ids = [f"{index}-{row}" for row in range(256)]
+            labels = [f"label {row % 7}" for row in range(256)]
+            writer.append(ids, _vectors(256, 512, seed=index), labels)
+
+
+def test_a_full_disk_stops_with_one_error_and_the_store_resumes(small_disk):
+    path = small_disk / "store.h5"
+    with pytest.raises(StoreFullError, match="every committed row is kept") as caught:
+        _fill_batches(path, 40)  # 40 batches of 512 KiB do not fit in 16 MiB
+    assert "\n" not in str(caught.value)
+    with EmbeddingStore(path) as store:
+        n = len(store)
+        assert 0 < n < 40 * 256 and n % 256 == 0
+        assert store.statistics().n == n
+        assert store.labels[-1] == "label 3"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    _fill_batches(path, 40)
+    with EmbeddingStore(path) as store:
+        assert len(store) == len(set(store.ids)) == 40 * 256
+        expected = np.concatenate([_vectors(256, 512, seed=i) for i in range(40)])
+        np.testing.assert_array_equal(store.vectors(), expected)
+
+
+def test_a_full_disk_is_simulated_where_no_tmpfs_can_be_mounted(tmp_path, monkeypatch):
+    path = tmp_path / "store.h5"
+    _fill_batches(path, 2)
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(StoreFullError, match=r"no space left for store\.h5"):
+        _fill_batches(path, 4)
+    monkeypatch.undo()
+    with EmbeddingStore(path) as store:
+        assert len(store) == 2 * 256
+    _fill_batches(path, 4)
+    with EmbeddingStore(path) as store:
+        assert len(store) == len(set(store.ids)) == 4 * 256
