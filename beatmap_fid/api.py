@@ -7,8 +7,10 @@ extractor, resumably, into an HDF5 store), existing stores, or cached ``.npz`` s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +28,15 @@ from beatmap_fid.errors import (
     SkipLog,
     SourceError,
 )
-from beatmap_fid.extractors.base import Extractor, Item, batched, build_extractor
+from beatmap_fid.extractors.base import (
+    Extractor,
+    Fingerprinter,
+    Item,
+    batched,
+    build_extractor,
+    config_hash,
+    extractor_batches,
+)
 from beatmap_fid.frechet import frechet_distance
 from beatmap_fid.stats import GaussianStats, RunningGaussian
 from beatmap_fid.store import EmbeddingStore, StoreWriter
@@ -45,13 +55,18 @@ def default_store_dir() -> Path:
 
 @dataclass
 class EmbedResult:
-    """What :func:`embed_to_store` did: the store, its rows for this source, and what was skipped."""
+    """What :func:`embed_to_store` did: the store, its rows for this source, and what was skipped.
+
+    ``ids`` are the source's items that have a row in the store (embedded now or before);
+    ``replaced`` counts rows embedded again because a source file changed.
+    """
 
     store_path: Path
     ids: list[str]
     written: int
     reused: int
     skipped: SkipLog = field(default_factory=SkipLog)
+    replaced: int = 0
 
     @property
     def n_items(self) -> int:
@@ -62,12 +77,11 @@ class EmbedResult:
         """Number of distinct files behind the items (ids are ``file#index`` for windows)."""
         return len({item_id.split("#", 1)[0] for item_id in self.ids})
 
-
-def _extractor_batches(extractor: Extractor, items: Iterable[Item], batch_size: int):
-    make_batches = getattr(extractor, "batches", None)
-    if make_batches is not None:
-        return make_batches(items, batch_size)
-    return batched(items, batch_size)
+    def vectors(self) -> np.ndarray:
+        """float32 vectors of :attr:`ids`, in that order, read from the store."""
+        with EmbeddingStore(self.store_path) as store:
+            row_of = {item_id: row for row, item_id in enumerate(store.ids)}
+            return store.vectors(np.array([row_of[i] for i in self.ids], dtype=np.int64))
 
 
 def embed_to_store(
@@ -77,67 +91,109 @@ def embed_to_store(
     *,
     batch_size: int = 64,
     progress: bool = True,
-    **extractor_options: Any,
+    prune: bool = False,
+    extractor_options: dict[str, Any] | None = None,
 ) -> EmbedResult:
     """Embed every item of ``source`` into the store at ``store_path``, resumably.
 
-    Items whose ids the store already holds are not embedded again, so an interrupted run
-    continues where it stopped and a re-run costs only the enumeration of items.
+    Every row records a fingerprint of the files it was computed from (and of the extractor
+    configuration). Items stored with the same fingerprint are not embedded again, so an
+    interrupted run continues where it stopped; items whose files changed are embedded again
+    and their old rows dropped. With ``prune`` the store keeps only this source's rows (what
+    a cache of one folder wants). Without ``store_path`` the store goes to the cache
+    (:func:`store_path_for`), pruned.
     """
     if isinstance(extractor, str):
-        extractor = build_extractor(extractor, **extractor_options)
+        extractor = build_extractor(extractor, **(extractor_options or {}))
     source = Path(source)
     if not source.exists():
         raise InputError(f"source {source} does not exist")
     if store_path is None:
-        store_path = store_path_for(source, extractor)
+        store_path, prune = store_path_for(source, extractor), True
     store_path = Path(store_path)
     store_path.parent.mkdir(parents=True, exist_ok=True)
 
     skipped = SkipLog()
     ids: list[str] = []
-    written = reused = 0
+    written = reused = replaced = 0
+    fingerprint = Fingerprinter(extractor.config)
     with StoreWriter(store_path, extractor.name, extractor.config, extractor.dim) as writer:
+        prints: dict[str, str | None] = {}
 
         def new_items() -> Iterator[Item]:
             nonlocal reused
             for item in extractor.items(source, skipped):
-                ids.append(item.id)
-                if item.id in writer:
+                try:
+                    prints[item.id] = fingerprint(item)
+                except SourceError as error:
+                    skipped.add(item.id, str(error))
+                    continue
+                if writer.holds(item.id, prints[item.id]):
                     reused += 1
+                    ids.append(item.id)
                     continue
                 yield item
 
         bar = tqdm(desc=f"embedding {source.name}", unit="item", disable=not progress)
-        for batch in _extractor_batches(extractor, new_items(), batch_size):
+        for batch in extractor_batches(extractor, new_items(), batch_size, skipped):
+            batch_ids = [item.id for item in batch]
             vectors = extractor.embed([item.payload for item in batch])
             labels = [item.label or "" for item in batch]
-            if not any(labels):
-                labels = None
-            written += writer.append([item.id for item in batch], vectors, labels)
+            replaced += sum(item_id in writer for item_id in batch_ids)
+            written += writer.append(
+                batch_ids, vectors, labels if any(labels) else None, [prints[i] for i in batch_ids]
+            )
+            ids.extend(batch_ids)
             bar.update(len(batch))
         bar.close()
-    return EmbedResult(store_path, ids, written, reused, skipped)
-
-
-def _slug(path: Path) -> str:
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(path.resolve()).strip("/"))
-    return text[-80:]
+        if prune:
+            writer.retain(ids)
+    return EmbedResult(store_path, ids, written, reused, skipped, replaced)
 
 
 def store_path_for(source: Path, extractor: Extractor, store_dir: str | Path | None = None) -> Path:
-    """The store file for ``source`` embedded with ``extractor`` (one file per config)."""
-    from beatmap_fid.extractors.base import config_hash
+    """The cache store of ``source`` embedded with ``extractor`` (one file per config).
 
+    The name holds the folder's name for people and a hash of its resolved absolute path, so
+    two sources never share a store.
+    """
+    resolved = str(Path(source).resolve())
+    path_hash = hashlib.sha256(resolved.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(resolved).name)[:40] or "root"
     folder = Path(store_dir) if store_dir is not None else default_store_dir()
-    return folder / f"{_slug(source)}.{extractor.name}.{config_hash(extractor.config)}.h5"
+    return folder / f"{name}-{path_hash}.{extractor.name}.{config_hash(extractor.config)}.h5"
+
+
+def embed_cached(
+    source: str | Path,
+    extractor: Extractor,
+    store_dir: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> EmbedResult:
+    """Embed ``source`` into its cache store under ``store_dir`` (see :func:`store_path_for`).
+
+    The store follows the folder: changed files are embedded again and removed files leave
+    it, so its rows are always those of the folder as it is now.
+    """
+    target = store_path_for(Path(source), extractor, store_dir)
+    return embed_to_store(
+        source, extractor, target, batch_size=batch_size, progress=progress, prune=True
+    )
+
+
+def _stats_cache_key(store_path: Path, store: EmbeddingStore) -> str:
+    """Identifies one state of a store file: any write or rewrite changes it."""
+    info = store_path.stat()
+    return f"{store.config_hash}:{len(store)}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
 
 
 def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -> GaussianStats:
     """Gaussian statistics of a store's rows (only those whose id is in ``ids`` when given).
 
     Statistics of a whole store are cached beside it as ``<store>.stats.npz`` and reused while
-    the store's row count and config hash are unchanged.
+    the store file is unchanged.
     """
     store_path = Path(store_path)
     with EmbeddingStore(store_path) as store:
@@ -155,7 +211,7 @@ def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -
                     running.update(block[mask])
             return running.result()
         cache = store_path.with_name(store_path.name + ".stats.npz")
-        key = f"{store.config_hash}:{len(store)}"
+        key = _stats_cache_key(store_path, store)
         if cache.exists():
             with np.load(cache) as cached:
                 if "key" in cached.files and str(cached["key"]) == key:
@@ -230,17 +286,21 @@ def resolve_statistics(
         return stats, SideSummary(str(path), "store", n_sources, stats.n, str(path))
     if not path.exists():
         raise InputError(f"{path} does not exist (expected a folder, a file, a store or a .npz)")
-    target = store_path_for(path, extractor, store_dir)
-    result = embed_to_store(path, extractor, target, batch_size=batch_size, progress=progress)
+    result = embed_cached(path, extractor, store_dir, batch_size=batch_size, progress=progress)
     summary = SideSummary(
-        str(path), "folder", result.n_sources, result.n_items, str(target), result.skipped
+        str(path),
+        "folder",
+        result.n_sources,
+        result.n_items,
+        str(result.store_path),
+        result.skipped,
     )
     if result.n_items < 2:
         raise InsufficientSamplesError(
             f"{path}: {result.n_items} usable item(s) from {result.n_sources} file(s); "
             f"at least 2 are needed. {result.skipped.summary()}"
         )
-    return store_statistics(target, result.ids), summary
+    return store_statistics(result.store_path, result.ids), summary
 
 
 def compute_fid(
@@ -253,24 +313,34 @@ def compute_fid(
     device: str | None = None,
     strict: bool = False,
     progress: bool = True,
-    **extractor_options: Any,
+    cache: bool = True,
+    extractor_options: dict[str, Any] | None = None,
 ) -> FIDResult:
     """FID between two sets given as folders of maps (or files), stores or ``.npz`` statistics.
 
-    Folders are embedded with ``extractor`` into resumable stores under ``store_dir`` (a re-run
-    reuses them); unusable inputs are skipped and listed in the result, or raise
+    Folders are embedded with ``extractor`` into cache stores under ``store_dir`` (default
+    :func:`default_store_dir`), which follow the folders' contents: a re-run embeds only new
+    or changed files. ``cache=False`` embeds into a temporary folder removed afterwards.
+    Unusable inputs are skipped and listed in the result, or raise
     :class:`~beatmap_fid.errors.SourceError` when ``strict``.
     """
     if isinstance(extractor, str):
-        extractor = build_extractor(extractor, **extractor_options)
+        extractor = build_extractor(extractor, **(extractor_options or {}))
     sides = []
-    for source in (real, generated):
-        stats, summary = resolve_statistics(
-            source, extractor, store_dir=store_dir, batch_size=batch_size, progress=progress
-        )
-        if strict and summary.skipped:
-            raise SourceError(f"{summary.source}: {summary.skipped.summary()}")
-        sides.append((stats, summary))
+    with tempfile.TemporaryDirectory(prefix="beatmap_fid-") as scratch:
+        for source in (real, generated):
+            stats, summary = resolve_statistics(
+                source,
+                extractor,
+                store_dir=store_dir if cache else scratch,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            if not cache:
+                summary.store_path = None
+            if strict and summary.skipped:
+                raise SourceError(f"{summary.source}: {summary.skipped.summary()}")
+            sides.append((stats, summary))
     (real_stats, real_summary), (gen_stats, gen_summary) = sides
     fid = frechet_distance(real_stats, gen_stats, device=device)
     return FIDResult(fid, real_summary, gen_summary, extractor.name)
@@ -297,10 +367,10 @@ class StreamingFID:
         device: str | None = None,
         batch_size: int = 64,
         progress: bool = False,
-        **extractor_options: Any,
+        extractor_options: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(extractor, str):
-            extractor = build_extractor(extractor, **extractor_options)
+            extractor = build_extractor(extractor, **(extractor_options or {}))
         if not hasattr(extractor, "beatmap_items"):
             raise ExtractorError(
                 f"extractor {extractor.name!r} cannot embed beatmaps held in memory"

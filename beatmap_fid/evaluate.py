@@ -31,9 +31,8 @@ from tqdm.auto import tqdm
 from beatmap_fid.api import (
     DEFAULT_EXTRACTOR,
     SideSummary,
-    embed_to_store,
+    embed_cached,
     resolve_statistics,
-    store_path_for,
 )
 from beatmap_fid.errors import (
     ConfigMismatchError,
@@ -179,22 +178,23 @@ def load_side(
                 config_hash=config_hash(extractor.config),
                 beatmap_folder=folder,
             )
-        target = store_path_for(path, extractor, store_dir)
-        result = embed_to_store(path, extractor, target, batch_size=batch_size, progress=progress)
+        result = embed_cached(path, extractor, store_dir, batch_size=batch_size, progress=progress)
         if result.n_items < 2:
             raise InsufficientSamplesError(
                 f"{path}: {result.n_items} usable item(s) from {result.n_sources} file(s); "
                 f"at least 2 are needed. {result.skipped.summary()}"
             )
-        with EmbeddingStore(target) as store:
-            row_of = {item_id: row for row, item_id in enumerate(store.ids)}
-            vectors = store.vectors(np.array([row_of[i] for i in result.ids], dtype=np.int64))
         summary = SideSummary(
-            str(path), "folder", result.n_sources, result.n_items, str(target), result.skipped
+            str(path),
+            "folder",
+            result.n_sources,
+            result.n_items,
+            str(result.store_path),
+            result.skipped,
         )
         return EvalSide(
             summary,
-            vectors,
+            result.vectors(),
             np.asarray(result.ids, dtype=object),
             None,
             extractor.name,
@@ -438,7 +438,7 @@ def score_source(
     store_dir: str | Path | None = None,
     batch_size: int = 64,
     progress: bool = True,
-    **extractor_options: Any,
+    extractor_options: dict[str, Any] | None = None,
 ) -> ScoreResult:
     """Apply a score head (:mod:`beatmap_fid.heads`, object or ``.pt`` path) to a store or to
     a folder/file, embedded first with the head's extractor (``extractor`` and
@@ -462,9 +462,9 @@ def score_source(
     path = Path(source)
     skipped = SkipLog()
     store_path: Path
-    rows = None
+    features: Any
     if path.suffix.lower() in _STORE_SUFFIXES and path.is_file():
-        store_path = path
+        store_path = features = path  # a store given as such: the head checks its config
         with EmbeddingStore(path) as store:
             ids = [str(i) for i in store.ids]
     else:
@@ -474,7 +474,7 @@ def score_source(
                 "this head records no extractor (trained on a plain array): pass --extractor, "
                 "or score an embedding store"
             )
-        built = build_extractor(name, **extractor_options)
+        built = build_extractor(name, **(extractor_options or {}))
         built_hash = config_hash(built.config)
         if head.config_hash is not None and built_hash != head.config_hash:
             raise ConfigMismatchError(
@@ -483,20 +483,12 @@ def score_source(
                 f"has config hash {built_hash}: pass the extractor options the head's store "
                 "was made with (--option KEY=VALUE)"
             )
-        store_path = store_path_for(path, built, store_dir)
-        result = embed_to_store(path, built, store_path, batch_size=batch_size, progress=progress)
-        skipped = result.skipped
-        ids = result.ids
-        with EmbeddingStore(store_path) as store:
-            row_of = {item_id: row for row, item_id in enumerate(store.ids)}
-        rows = np.array([row_of[i] for i in ids], dtype=np.int64)
+        result = embed_cached(path, built, store_dir, batch_size=batch_size, progress=progress)
+        store_path, skipped, ids = result.store_path, result.skipped, result.ids
+        if ids:  # this source's rows of a store made with the head's configuration
+            features = result.vectors()
     if not ids:
         raise InputError(f"{source}: nothing to score. {skipped.summary()}")
-    if rows is None:  # a store given as such: the head checks its configuration
-        features: Any = store_path
-    else:  # this source's rows of a store made with the head's configuration (checked above)
-        with EmbeddingStore(store_path) as store:
-            features = store.vectors(rows)
     return _scores(head, head_name, label, ids, features, str(store_path), skipped)
 
 

@@ -622,7 +622,7 @@ class VectorIndex:
         self, files: Sequence[str | os.PathLike], skipped: SkipLog | None
     ) -> list[list[tuple[str, np.ndarray]]]:
         """Per file, (item id, vector) pairs embedded with the index's extractor config."""
-        from beatmap_fid.extractors.base import batched, build_extractor, config_hash
+        from beatmap_fid.extractors.base import build_extractor, config_hash, extractor_batches
 
         name = self.provenance.get("extractor")
         if not name:
@@ -643,8 +643,7 @@ class VectorIndex:
         for path in files:
             items = list(extractor.items(path, skipped))
             pairs: list[tuple[str, np.ndarray]] = []
-            batches = getattr(extractor, "batches", None)
-            for batch in batches(items, 64) if batches else batched(items, 64):
+            for batch in extractor_batches(extractor, items, 64, skipped):
                 vectors = np.asarray(extractor.embed([item.payload for item in batch]))
                 pairs += [(item.id, v) for item, v in zip(batch, vectors)]
             per_file.append(pairs)

@@ -73,7 +73,7 @@ def time_pipeline(extractor, folder: Path, batch_size: int) -> tuple[float, int]
     skipped = SkipLog()
     start = time.perf_counter()
     count = 0
-    for batch in extractor.batches(extractor.items(folder, skipped), batch_size):
+    for batch in extractor.batches(extractor.items(folder, skipped), batch_size, skipped):
         extractor.embed([item.payload for item in batch])
         count += len(batch)
     assert not skipped, skipped.summary()

@@ -138,7 +138,7 @@ def lite0():
 
 def _embed_all(extractor, source: Path, skipped: SkipLog, batch_size: int = 4):
     ids, vectors = [], []
-    for batch in extractor.batches(extractor.items(source, skipped), batch_size):
+    for batch in extractor.batches(extractor.items(source, skipped), batch_size, skipped):
         ids += [item.id for item in batch]
         vectors.append(extractor.embed([item.payload for item in batch]))
     return ids, (np.concatenate(vectors) if vectors else np.zeros((0, extractor.dim)))

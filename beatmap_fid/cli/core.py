@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,31 @@ def add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="items per batch (default 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--store-dir`` and ``--no-cache``: where folders are embedded (see ``cache``)."""
+    parser.add_argument(
+        "--store-dir",
+        default=None,
+        help="where stores of embedded folders are kept (default: the cache, see 'cache')",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="embed folders into a temporary folder removed afterwards",
+    )
+
+
+@contextmanager
+def store_dir_of(args: argparse.Namespace) -> Iterator[str | None]:
+    """The folder stores of embedded folders go to: ``--store-dir``, the cache, or with
+    ``--no-cache`` a temporary folder removed when the verb ends."""
+    if not getattr(args, "no_cache", False):
+        yield args.store_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="beatmap_fid-") as scratch:
+        yield scratch
 
 
 def _run_stats(args: argparse.Namespace) -> int:
@@ -83,7 +111,8 @@ def _run_fid(args: argparse.Namespace) -> int:
         device=args.device,
         strict=args.strict,
         progress=not args.quiet,
-        **extractor_options_from(args.option),
+        cache=not args.no_cache,
+        extractor_options=extractor_options_from(args.option),
     ).to_dict()
     lines = [
         f"FID ({result['extractor']}): {result['fid']:.6g}",
@@ -106,7 +135,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         args.output,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        **extractor_options_from(args.option),
+        extractor_options=extractor_options_from(args.option),
     )
     summary = {
         "store": str(result.store_path),
@@ -148,6 +177,24 @@ def _run_extractors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cache(args: argparse.Namespace) -> int:
+    from beatmap_fid.api import default_store_dir
+
+    folder = default_store_dir()
+    files = sorted(folder.glob("*.h5*")) if folder.is_dir() else []
+    stores = [path for path in files if path.suffix == ".h5"]
+    size = sum(path.stat().st_size for path in files)
+    result: dict[str, Any] = {"location": str(folder), "stores": len(stores), "bytes": size}
+    text = f"cache {folder}: {len(stores)} stores, {size / 2**20:.1f} MiB"
+    if args.clear:
+        for path in files:
+            path.unlink(missing_ok=True)
+        result["removed"] = len(stores)
+        text += "; removed them"
+    emit(args, result, text)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the core verbs."""
     parser = subparsers.add_parser("stats", help="Gaussian statistics of a store -> .npz")
@@ -171,7 +218,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("real", help="folder of maps, store (.h5) or statistics (.npz)")
     parser.add_argument("generated", help="folder of maps, store (.h5) or statistics (.npz)")
     add_extractor_arguments(parser)
-    parser.add_argument("--store-dir", default=None, help="where stores of folders are kept")
+    add_cache_arguments(parser)
     parser.add_argument("--device", default=None, help="device of the Fréchet distance")
     parser.add_argument("--strict", action="store_true", help="fail when any input is skipped")
     add_json_flag(parser)
@@ -184,6 +231,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strict", action="store_true", help="exit 1 when any input is skipped")
     add_json_flag(parser)
     parser.set_defaults(run=_run_embed)
+
+    parser = subparsers.add_parser(
+        "cache",
+        help="where stores of embedded folders are cached ($BEATMAP_FID_CACHE), and clearing it",
+    )
+    parser.add_argument("--clear", action="store_true", help="remove every cached store")
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_cache)
 
     parser = subparsers.add_parser("extractors", help="list the feature extractors")
     add_json_flag(parser)

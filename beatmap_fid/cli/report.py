@@ -8,7 +8,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from beatmap_fid.cli.core import add_extractor_arguments, extractor_options_from
+from beatmap_fid.cli.core import (
+    add_cache_arguments,
+    add_extractor_arguments,
+    extractor_options_from,
+    store_dir_of,
+)
 from beatmap_fid.cli.output import add_json_flag, emit
 from beatmap_fid.errors import InputError
 
@@ -62,24 +67,25 @@ def _run_report(args: argparse.Namespace) -> int:
     if args.mapping:
         options["rhythm"] = {"mapping": args.mapping}
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    result = build_report(
-        args.real,
-        args.generated,
-        args.output,
-        extractor=args.extractor,
-        metrics=metrics,
-        store_dir=args.store_dir,
-        batch_size=args.batch_size,
-        projection=args.projection,
-        max_points=args.max_points,
-        top=args.top,
-        curve_seeds=args.seeds,
-        seed=args.seed,
-        title=args.title,
-        progress=not args.quiet,
-        extractor_options=extractor_options_from(args.option),
-        **options,
-    )
+    with store_dir_of(args) as store_dir:
+        result = build_report(
+            args.real,
+            args.generated,
+            args.output,
+            extractor=args.extractor,
+            metrics=metrics,
+            store_dir=store_dir,
+            batch_size=args.batch_size,
+            projection=args.projection,
+            max_points=args.max_points,
+            top=args.top,
+            curve_seeds=args.seeds,
+            seed=args.seed,
+            title=args.title,
+            progress=not args.quiet,
+            extractor_options=extractor_options_from(args.option),
+            **options,
+        )
     summary = {
         "json": str(result.json_path),
         "html": str(result.html_path),
@@ -104,7 +110,7 @@ def _run_score(args: argparse.Namespace) -> int:
         store_dir=args.store_dir,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        **extractor_options_from(args.option),
+        extractor_options=extractor_options_from(args.option),
     )
     passing = result.passing(args.min)
     summary = result.to_dict()
@@ -138,7 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("generated", help="folder of generated maps (or files), or a store (.h5)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     add_extractor_arguments(parser)
-    parser.add_argument("--store-dir", default=None, help="where stores of folders are kept")
+    add_cache_arguments(parser)
     parser.add_argument(
         "--metrics",
         help="comma-separated metric names (default fid,fid_ci,kid,prdc, plus rhythm for "

@@ -180,7 +180,7 @@ class AudioExtractor:
                 if float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2))) < SILENT_RMS:
                     skipped.add(f"{track_id}#{index}", "silent segment: RMS 80 dB below the peak")
                     continue
-                yield Item(f"{track_id}#{index}", segment, track_id)
+                yield Item(f"{track_id}#{index}", segment, track_id, (path,))
 
     def pictures(self, payloads: Sequence[Any]) -> Any:
         """(n, n_mels, frames) log-mel pictures of a batch of waveforms, on ``device``."""

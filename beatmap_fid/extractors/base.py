@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,16 +21,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from beatmap_fid.errors import ExtractorError, SkipLog
+from beatmap_fid.errors import ExtractorError, SkipLog, SourceError
 
 
 @dataclass(frozen=True)
 class Item:
-    """One unit to embed: a stable id, the payload ``embed`` takes, and an optional label."""
+    """One unit to embed: a stable id, the payload ``embed`` takes, an optional label, and the
+    files its vector is computed from (``sources``: hashed into the row's fingerprint, so a
+    changed file is embedded again)."""
 
     id: str
     payload: Any
     label: str | None = None
+    sources: tuple[Path, ...] = ()
 
 
 @runtime_checkable
@@ -53,6 +57,38 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+def file_digest(path: Path) -> str:
+    """BLAKE2b-128 of a file's bytes, as 32 hexadecimal digits."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Fingerprinter:
+    """Fingerprints of items: a hash of the extractor config hash and of every source file's
+    bytes. File digests are computed once per run (a set of difficulties shares its audio)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config_hash = config_hash(config)
+        self._digests: dict[Path, str] = {}
+
+    def __call__(self, item: Item) -> str | None:
+        """The item's fingerprint, or None when it names no source files."""
+        if not item.sources:
+            return None
+        digest = hashlib.blake2b(self._config_hash.encode(), digest_size=16)
+        for path in item.sources:
+            if path not in self._digests:
+                try:
+                    self._digests[path] = file_digest(path)
+                except OSError as exc:
+                    raise SourceError(f"unreadable: {path}: {exc.strerror or exc}") from exc
+            digest.update(self._digests[path].encode())
+        return digest.hexdigest()
+
+
 def batched(items: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
     """Consecutive lists of at most ``batch_size`` items."""
     batch: list[Item] = []
@@ -63,6 +99,20 @@ def batched(items: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
             batch = []
     if batch:
         yield batch
+
+
+def extractor_batches(
+    extractor: Extractor, items: Iterable[Item], batch_size: int, skipped: SkipLog
+) -> Iterator[list[Item]]:
+    """Batches of ``items`` ready for ``extractor.embed``.
+
+    Extractors that prepare payloads in batches (image decoding in worker processes) have a
+    ``batches`` method, which records items it cannot prepare in ``skipped``.
+    """
+    make_batches = getattr(extractor, "batches", None)
+    if make_batches is not None:
+        return make_batches(items, batch_size, skipped)
+    return batched(items, batch_size)
 
 
 @dataclass(frozen=True)
@@ -118,4 +168,14 @@ def build_extractor(name: str, **options: Any) -> Extractor:
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise ExtractorError(f"unknown extractor {name!r}; known extractors: {known}")
-    return _REGISTRY[name].factory(**options)
+    factory = _REGISTRY[name].factory
+    parameters = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(options) - set(parameters))
+        if unknown:
+            accepted = ", ".join(parameters) or "none"
+            raise ExtractorError(
+                f"extractor {name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"its options: {accepted}"
+            )
+    return factory(**options)

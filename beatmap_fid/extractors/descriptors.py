@@ -770,8 +770,11 @@ class DescriptorExtractor:
                 f"too short: {seconds:.1f} s holds no complete "
                 f"{self.spec.window_ms / 1000:.3f} s window",
             )
+        sources = (beatmap_file.path,)
+        if self.use_audio and beatmap_file.audio_path is not None:
+            sources += (beatmap_file.audio_path,)
         return [
-            Item(f"{beatmap_file.id}#{index}", window, beatmap_file.creator)
+            Item(f"{beatmap_file.id}#{index}", window, beatmap_file.creator, sources)
             for index, window in enumerate(windows)
         ]
 

@@ -75,12 +75,12 @@ def image_items(source: str | Path, skipped: SkipLog) -> Iterator[Item]:
         if root.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.add(root, f"not an image file: extension {root.suffix or '(none)'!r}")
             return
-        yield Item(root.name, root)
+        yield Item(root.name, root, sources=(root,))
         return
     files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     for path in sorted(files, key=lambda p: _relative_id(p, root)):
         item_id = _relative_id(path, root)
-        yield Item(item_id, path, _folder_label(item_id))
+        yield Item(item_id, path, _folder_label(item_id), (path,))
 
 
 def to_rgb(image: Any) -> Any:
@@ -214,11 +214,9 @@ class ImageExtractor:
     num_workers: int = field(default_factory=default_num_workers)
     max_pixels: int = DEFAULT_MAX_PIXELS
     head: Any = None
-    _skipped: SkipLog | None = field(default=None, init=False, repr=False)
 
     def items(self, source: str | Path, skipped: SkipLog) -> Iterator[Item]:
-        """Images of ``source``; images that fail to decode in :meth:`batches` go to ``skipped``."""
-        self._skipped = skipped
+        """Images of ``source``; images that fail to decode are found by :meth:`batches`."""
         return image_items(source, skipped)
 
     def batches(
@@ -230,14 +228,11 @@ class ImageExtractor:
         """Batches of decoded, transformed images, prepared by DataLoader workers.
 
         Payloads of the yielded items are image tensors. Images that cannot be decoded are
-        dropped and recorded in ``skipped`` (by default the log given to the last
-        :meth:`items` call), so one bad file never stops a run.
+        dropped and recorded in ``skipped``, so one bad file never stops a run.
         """
         from torch.utils.data import DataLoader
 
-        log = skipped if skipped is not None else self._skipped
-        if log is None:
-            log = SkipLog()
+        log = skipped if skipped is not None else SkipLog()
         items = list(items)
         if not items:
             return
@@ -256,7 +251,7 @@ class ImageExtractor:
                 log.add(items[index].id, reason)
             if indices:
                 yield [
-                    Item(items[index].id, stacked[row], items[index].label)
+                    Item(items[index].id, stacked[row], items[index].label, items[index].sources)
                     for row, index in enumerate(indices)
                 ]
 

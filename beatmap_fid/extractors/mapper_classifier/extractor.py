@@ -184,7 +184,12 @@ class MapperClassifierExtractor:
                 except InputError as error:
                     skipped.add(f"{beatmap_file.id}#{k}", f"untokenizable: {error}")
                     continue
-                yield Item(f"{beatmap_file.id}#{k}", payload, beatmap_file.creator)
+                yield Item(
+                    f"{beatmap_file.id}#{k}",
+                    payload,
+                    beatmap_file.creator,
+                    (beatmap_file.path, beatmap_file.audio_path),
+                )
 
     def forward(self, payloads: Sequence[WindowPayload]) -> tuple[np.ndarray, np.ndarray]:
         """Feature vectors (n, dim) and logits (n, num_classes), float32, for a batch."""
