@@ -6,7 +6,10 @@
 * :func:`evaluate_knn`: leave-one-out or stratified k-fold accuracy that never lets a query
   see its own copies. Rows linked by an identical vector or a shared group form one "leak
   component"; leave-one-out leaves the query's whole component out of its neighbours, k-fold
-  keeps each component inside one fold (StratifiedGroupKFold).
+  keeps each component inside one fold (StratifiedGroupKFold). By default the groups are
+  maps: windows ``file#k`` of one file are near each other and share their label, so letting
+  them vote for each other measures recognising the map, not its label. The ungrouped
+  ("naive") figure is reported beside the grouped one.
 * :func:`memorisation_scores`: for generated items, their nearest real items and how much
   closer they are to them than real items are to each other.
 """
@@ -33,6 +36,7 @@ from beatmap_fid.errors import (
     InsufficientSamplesError,
     NonFiniteError,
 )
+from beatmap_fid.extractors.base import map_id
 from beatmap_fid.index import (
     METRICS,
     _as_distances,
@@ -358,6 +362,9 @@ class KNNReport:
     confusion: np.ndarray
     y_true: np.ndarray = field(repr=False)
     y_pred: np.ndarray = field(repr=False)
+    group_by: str = "none"  # "map" (the id before "#"), "groups" (given) or "none"
+    n_groups: int | None = None
+    naive: dict[str, float] | None = None  # the same evaluation without groups
 
     def to_dict(self) -> dict[str, Any]:
         """Every figure, JSON-ready (per-row predictions left out)."""
@@ -370,6 +377,9 @@ class KNNReport:
             "n_splits": self.n_splits,
             "exclude_duplicates": self.exclude_duplicates,
             "grouped": self.grouped,
+            "group_by": self.group_by,
+            "n_groups": self.n_groups,
+            "naive": self.naive,
             "n_components": self.n_components,
             "mean_excluded": self.mean_excluded,
             "accuracy": self.accuracy,
@@ -392,8 +402,10 @@ class KNNReport:
         guards = []
         if self.exclude_duplicates:
             guards.append("exact duplicates kept apart")
-        if self.grouped:
-            guards.append("groups kept apart")
+        if self.group_by == "map":
+            guards.append(f"windows grouped by map ({self.n_groups} maps)")
+        elif self.grouped:
+            guards.append(f"{self.n_groups} groups kept apart")
         lines = [
             f"k-NN ({self.n_neighbors} neighbours, {self.weights} weights, {self.metric}) "
             f"{how} on {self.n_samples} rows, {len(self.classes)} classes"
@@ -402,7 +414,7 @@ class KNNReport:
                 if guards
                 else ""
             ),
-            f"accuracy      {self.accuracy:.4f}",
+            f"accuracy      {self.accuracy:.4f}" + self._naive_text(),
             *(f"top-{k} accuracy {v:.4f}" for k, v in self.top_k_accuracy.items()),
             f"F1 weighted   {self.f1_weighted:.4f}",
             f"F1 macro      {self.f1_macro:.4f}",
@@ -423,6 +435,12 @@ class KNNReport:
             for name, row in zip(names, self.confusion):
                 lines.append(f"{name:>8} " + " ".join(f"{v:>8d}" for v in row))
         return "\n".join(lines)
+
+    def _naive_text(self) -> str:
+        if self.naive is None:
+            return "" if self.grouped else "  (ungrouped: rows of one map vote for each other)"
+        who = "windows of one map" if self.group_by == "map" else "rows of one group"
+        return f"  (naive {self.naive['accuracy']:.4f} when {who} may vote for each other)"
 
     def plot_confusion(self, path: str | os.PathLike) -> Path:
         """Save the row-normalised confusion matrix as a PNG (needs matplotlib)."""
@@ -527,16 +545,40 @@ def _report(
     )
 
 
+def _resolve_groups(
+    groups: str | Sequence[Any] | None, ids: Sequence[str] | None, n: int
+) -> tuple[str, np.ndarray | None]:
+    """``(group_by, group per row or None)`` from the ``groups`` argument of evaluate_knn."""
+    if groups is None:
+        return "none", None
+    if isinstance(groups, str):
+        if groups != "map":
+            raise InputError(f"groups must be 'map', None or one group per row, got {groups!r}")
+        if ids is None:
+            raise InputError(
+                "evaluate_knn groups windows by map by default: pass ids (the store's "
+                "'file#window' ids) so that windows of one map never vote for each other, "
+                "groups=[...] for your own groups, or groups=None for the naive figure"
+            )
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or len(ids) != n:
+            raise InputError(f"{len(ids)} ids for {n} rows")
+        return "map", np.array([map_id(i) for i in ids], dtype=object)
+    return "groups", np.asarray(groups)
+
+
 def evaluate_knn(
     X: Any,
     y: Any,
     *,
+    ids: Sequence[str] | None = None,
+    groups: str | Sequence[Any] | None = "map",
+    naive: bool = True,
     method: str = "loo",
     n_neighbors: int = 5,
     weights: str = "uniform",
     temperature: float = 1.0,
     metric: str = "l2",
-    groups: Sequence[Any] | None = None,
     exclude_duplicates: bool = True,
     n_splits: int = 5,
     top_k: Sequence[int] = (3, 5),
@@ -546,11 +588,16 @@ def evaluate_knn(
 ) -> KNNReport:
     """Out-of-sample k-NN accuracy, top-k accuracy, F1 and confusion matrix.
 
+    ``groups``: ``"map"`` (default) keeps the windows of one map together, the map being the
+    part of each row's id before ``#`` (``ids`` required); a sequence gives each row's group;
+    ``None`` lets rows of one map vote for each other (optimistic). With groups and
+    ``naive``, the ungrouped figures are computed too and reported in ``report.naive``.
+
     ``method="loo"``: every row is classified by its neighbours among all other rows, minus
-    its leak component (its exact duplicates when ``exclude_duplicates``, its whole group when
-    ``groups`` is given). ``method="kfold"``: ``n_splits`` stratified folds that keep each leak
-    component in one fold (StratifiedGroupKFold). ``index`` is passed to
-    :class:`KNNClassifier` for k-fold; leave-one-out always searches exactly.
+    its leak component (its exact duplicates when ``exclude_duplicates``, its whole group).
+    ``method="kfold"``: ``n_splits`` stratified folds that keep each leak component in one
+    fold (StratifiedGroupKFold). ``index`` is passed to :class:`KNNClassifier` for k-fold;
+    leave-one-out always searches exactly.
     """
     if method not in ("loo", "kfold"):
         raise InputError(f"method must be 'loo' or 'kfold', got {method!r}")
@@ -560,6 +607,7 @@ def evaluate_knn(
     y = classes[encoded]
     if len(X) < 2:
         raise InsufficientSamplesError("evaluation needs at least two labelled rows")
+    group_by, groups = _resolve_groups(groups, ids, len(X))
     component = leak_components(X, groups, exclude_duplicates)
     sizes = np.bincount(component)
     if sizes.max() == len(X):
@@ -575,9 +623,34 @@ def evaluate_knn(
         "n_samples": len(X),
         "exclude_duplicates": exclude_duplicates,
         "grouped": groups is not None,
+        "group_by": group_by,
+        "n_groups": None if groups is None else len(np.unique(groups.astype(str))),
         "n_components": len(sizes),
         "mean_excluded": float(np.mean(sizes[component] - 1)),
     }
+    if naive and groups is not None:
+        ungrouped = evaluate_knn(
+            X,
+            y,
+            groups=None,
+            method=method,
+            n_neighbors=n_neighbors,
+            weights=weights,
+            temperature=temperature,
+            metric=metric,
+            exclude_duplicates=exclude_duplicates,
+            n_splits=n_splits,
+            top_k=(),
+            index=index,
+            random_state=random_state,
+            progress=progress,
+        )
+        fields["naive"] = {
+            "accuracy": ungrouped.accuracy,
+            "f1_weighted": ungrouped.f1_weighted,
+            "f1_macro": ungrouped.f1_macro,
+            "mean_excluded": ungrouped.mean_excluded,
+        }
     if method == "loo":
         distances, positions = _loo_neighbours(X, component, n_neighbors, metric, progress)
         proba = vote(distances, positions, encoded, len(classes), weights, temperature, metric)

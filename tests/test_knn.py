@@ -119,8 +119,8 @@ def test_duplicates_inflate_naive_leave_one_out():
     X = rng.normal(size=(300, 8)).astype(np.float32)
     y = rng.integers(0, 3, 300)  # labels carry no signal
     X, y = np.vstack([X, X, X]), np.concatenate([y, y, y])  # every row three times
-    naive = evaluate_knn(X, y, n_neighbors=1, exclude_duplicates=False, progress=False)
-    aware = evaluate_knn(X, y, n_neighbors=1, exclude_duplicates=True, progress=False)
+    naive = evaluate_knn(X, y, groups=None, n_neighbors=1, exclude_duplicates=False, progress=False)
+    aware = evaluate_knn(X, y, groups=None, n_neighbors=1, exclude_duplicates=True, progress=False)
     assert naive.accuracy > 0.99
     assert aware.accuracy < 0.5
     assert aware.mean_excluded == pytest.approx(2.0)
@@ -135,11 +135,13 @@ def test_leave_one_out_leaves_whole_groups_out():
     offsets = rng.normal(size=(len(sizes), 8)) * 5  # rows of a group sit together
     X = (offsets[groups] + rng.normal(size=(len(groups), 8)) * 0.1).astype(np.float32)
     y = group_label[groups]
-    naive = evaluate_knn(X, y, n_neighbors=3, progress=False)
+    naive = evaluate_knn(X, y, n_neighbors=3, groups=None, progress=False)
     grouped = evaluate_knn(X, y, n_neighbors=3, groups=groups, progress=False)
     assert naive.accuracy > 0.99
     assert grouped.accuracy < 0.7  # neighbours come from other groups only
     assert grouped.grouped and grouped.n_components == len(sizes)
+    assert grouped.group_by == "groups" and grouped.naive["accuracy"] == naive.accuracy
+    assert naive.naive is None and naive.group_by == "none"
 
 
 def test_group_aware_folds_keep_groups_together():
@@ -163,7 +165,7 @@ def test_group_aware_kfold_is_honest():
     offsets = rng.normal(size=(60, 8)) * 5
     X = (offsets[groups] + rng.normal(size=(480, 8)) * 0.1).astype(np.float32)
     y = rng.integers(0, 3, 60)[groups]
-    naive = evaluate_knn(X, y, method="kfold", n_neighbors=3, progress=False)
+    naive = evaluate_knn(X, y, method="kfold", groups=None, n_neighbors=3, progress=False)
     honest = evaluate_knn(X, y, method="kfold", groups=groups, n_neighbors=3, progress=False)
     assert naive.accuracy > 0.95 and honest.accuracy < 0.7
 
@@ -171,7 +173,7 @@ def test_group_aware_kfold_is_honest():
 def test_report_contents_text_and_png(tmp_path):
     X, y = labelled_blobs(400, classes=6)
     labels = np.array([f"mapper {v}" for v in y])
-    report = evaluate_knn(X, labels, method="kfold", n_splits=4, progress=False)
+    report = evaluate_knn(X, labels, method="kfold", groups=None, n_splits=4, progress=False)
     assert report.confusion.sum() == 400 and report.confusion.shape == (6, 6)
     assert sum(row["support"] for row in report.per_class) == 400
     assert report.accuracy == pytest.approx(np.trace(report.confusion) / 400)
@@ -193,6 +195,39 @@ def test_evaluation_refuses_hopeless_inputs():
         evaluate_knn(X, y[:40], progress=False)
     with pytest.raises(InputError):
         evaluate_knn(X, y, method="bootstrap", progress=False)
+    with pytest.raises(InputError, match="pass ids"):
+        evaluate_knn(X, y, progress=False)  # map grouping needs the ids
+    with pytest.raises(InputError, match="50 rows"):
+        evaluate_knn(X, y, ids=[f"m{i}" for i in range(40)], progress=False)
+
+
+def map_windows(n_maps: int = 80, windows: int = 12, dim: int = 8, seed: int = 5):
+    """Windows ``map#k`` that sit near their map's centre; labels (3 "mappers") carry little
+    signal beyond the map itself, as with real maps and creators."""
+    rng = np.random.default_rng(seed)
+    maps = np.repeat(np.arange(n_maps), windows)
+    centres = rng.normal(size=(n_maps, dim)) * 3
+    X = (centres[maps] + rng.normal(size=(len(maps), dim)) * 0.3).astype(np.float32)
+    y = np.array([f"mapper{v}" for v in rng.integers(0, 3, n_maps)])[maps]
+    ids = [f"set/map{m}.osu#{k}" for m, k in zip(maps, np.tile(np.arange(windows), n_maps))]
+    return X, y, ids, maps
+
+
+@pytest.mark.parametrize("method", ["loo", "kfold"])
+def test_windows_are_grouped_by_map_by_default_with_the_naive_figure_beside(method):
+    X, y, ids, maps = map_windows()
+    report = evaluate_knn(X, y, ids=ids, method=method, progress=False)
+    by_hand = evaluate_knn(X, y, groups=maps, method=method, naive=False, progress=False)
+    ungrouped = evaluate_knn(X, y, groups=None, method=method, progress=False)
+    assert report.group_by == "map" and report.n_groups == 80
+    assert report.accuracy == by_hand.accuracy
+    assert report.naive["accuracy"] == ungrouped.accuracy
+    assert report.naive["accuracy"] > 0.95 > 0.6 > report.accuracy  # the map, not the mapper
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["group_by"] == "map" and data["naive"]["accuracy"] == ungrouped.accuracy
+    text = report.to_text()
+    assert "grouped by map (80 maps)" in text and "naive" in text
+    assert "vote for each other" in ungrouped.to_text()
 
 
 # ----------------------------------------------------------------------------- copies
@@ -307,20 +342,67 @@ def test_cli_verbs_end_to_end(tmp_path, capsys):
     assert nearest["n_flagged"] == 2 and len(nearest["items"]) == 5
 
 
+def test_knn_verb_groups_by_map_unless_told_otherwise(tmp_path, capsys):
+    X, y, ids, maps = map_windows()
+    store = write_store(tmp_path / "maps.h5", X, ids=ids, labels=list(y))
+    assert run_cli("knn", str(store), "--quiet", "--json") == 0
+    grouped = json.loads(capsys.readouterr().out)
+    expected = evaluate_knn(X, y, groups=maps, naive=False, progress=False).accuracy
+    assert grouped["group_by"] == "map" and grouped["accuracy"] == expected
+    assert grouped["naive"]["accuracy"] > grouped["accuracy"]
+    assert run_cli("knn", str(store), "--quiet") == 0
+    text = capsys.readouterr().out
+    assert (
+        "grouped by map (80 maps)" in text and f"naive {grouped['naive']['accuracy']:.4f}" in text
+    )
+    assert run_cli("knn", str(store), "--group-by", "none", "--quiet", "--json") == 0
+    ungrouped = json.loads(capsys.readouterr().out)
+    assert ungrouped["group_by"] == "none" and ungrouped["naive"] is None
+    assert ungrouped["accuracy"] == grouped["naive"]["accuracy"]
+
+
 # ----------------------------------------------------------------------------- real data
+
+
+@pytest.fixture(scope="module")
+def songs_store(shared_data, tmp_path_factory):
+    """Descriptors of every osu!standard map of the real Songs folder, labelled by creator."""
+    from beatmap_fid.api import embed_to_store
+
+    store_path = tmp_path_factory.mktemp("songs") / "songs.h5"
+    embed_to_store(shared_data / "beatmaps" / "songs", "descriptors", store_path, progress=False)
+    return store_path
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_mapper_identification_on_real_beatmaps(shared_data, tmp_path):
-    """Descriptors of real maps, labelled by creator: grouping windows by map is the honest
-    protocol, and it must cost accuracy against the naive one while staying above chance."""
-    from beatmap_fid.api import embed_to_store
+def test_knn_verb_on_real_maps_reports_the_grouped_accuracy(songs_store, capsys):
     from beatmap_fid.store import open_store
 
-    store_path = tmp_path / "songs.h5"
-    embed_to_store(shared_data / "beatmaps" / "songs", "descriptors", store_path, progress=False)
-    with open_store(store_path) as store:
+    with open_store(songs_store) as store:
+        ids = np.asarray(store.ids).astype(str)
+        creators = np.asarray(store.labels).astype(str)
+        X = store.vectors()
+    maps = np.array([i.split("#")[0] for i in ids])
+    assert run_cli("knn", str(songs_store), "--quiet", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    grouped = evaluate_knn(X, creators, groups=maps, naive=False, progress=False)
+    naive = evaluate_knn(X, creators, groups=None, progress=False)
+    assert report["group_by"] == "map" and report["n_groups"] == len(set(maps))
+    assert report["accuracy"] == grouped.accuracy
+    assert report["naive"]["accuracy"] == naive.accuracy
+    assert report["accuracy"] < report["naive"]["accuracy"] - 0.1
+    print(f"\nknn on real maps: grouped {grouped.accuracy:.3f}, naive {naive.accuracy:.3f}")
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_mapper_identification_on_real_beatmaps(songs_store, tmp_path):
+    """Descriptors of real maps, labelled by creator: grouping windows by map is the honest
+    protocol, and it must cost accuracy against the naive one while staying above chance."""
+    from beatmap_fid.store import open_store
+
+    with open_store(songs_store) as store:
         ids = np.asarray(store.ids).astype(str)
         creators = np.asarray(store.labels).astype(str)
         X = store.vectors()
@@ -329,7 +411,7 @@ def test_mapper_identification_on_real_beatmaps(shared_data, tmp_path):
     keep = np.array([maps_of[c] >= 2 for c in creators]) & (creators != "")
     X = (X[keep] - X[keep].mean(0)) / (X[keep].std(0) + 1e-6)
     naive = evaluate_knn(
-        X, creators[keep], n_neighbors=10, exclude_duplicates=False, progress=False
+        X, creators[keep], groups=None, n_neighbors=10, exclude_duplicates=False, progress=False
     )
     honest = evaluate_knn(X, creators[keep], n_neighbors=10, groups=maps[keep], progress=False)
     chance = max(Counter(creators[keep]).values()) / keep.sum()

@@ -170,7 +170,7 @@ def _run_knn(args: argparse.Namespace) -> int:
                 "no stored id has a label: check that the label file uses the store's ids"
             )
         vectors = store.vectors(np.flatnonzero(labelled))
-    groups = None
+    groups: list[str] | str | None = None if args.group_by == "none" else "map"
     if args.groups:
         mapping = read_id_mapping(args.groups, "group")
         missing = [i for i in ids[labelled] if i not in mapping]
@@ -183,6 +183,7 @@ def _run_knn(args: argparse.Namespace) -> int:
     report = evaluate_knn(
         vectors,
         labels[labelled].astype(str),
+        ids=ids[labelled],
         method=args.eval,
         n_neighbors=args.k,
         weights=args.weights,
@@ -271,12 +272,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     knn = subparsers.add_parser(
         "knn",
         help="k-NN classification accuracy of a store's labels",
-        description="Leave-one-out or k-fold k-NN evaluation that keeps exact duplicates (and "
-        "groups) of a query out of its neighbours. Rows without a label are left out.",
+        description="Leave-one-out or k-fold k-NN evaluation that keeps exact duplicates and "
+        "the other windows of a query's map (the id before '#') out of its neighbours, and "
+        "reports the naive figure (windows of one map voting for each other) beside it. Rows "
+        "without a label are left out.",
     )
     knn.add_argument("store", help="embedding store (.h5)")
     knn.add_argument("--labels", help="CSV (id,label) or JSON ({id: label}); default: the store's")
-    knn.add_argument("--groups", help="CSV (id,group) or JSON; rows of a group are kept together")
+    knn.add_argument(
+        "--group-by",
+        choices=("map", "none"),
+        default="map",
+        help="keep windows of one map together (map, default) or not (none: naive)",
+    )
+    knn.add_argument("--groups", help="CSV (id,group) or JSON: your own groups instead of maps")
     knn.add_argument("--eval", choices=("loo", "kfold"), default="loo", help="method (loo)")
     knn.add_argument("-k", type=int, default=5, help="neighbours (5)")
     knn.add_argument("--weights", choices=WEIGHTS, default="uniform", help="votes (uniform)")

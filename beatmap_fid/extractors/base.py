@@ -32,6 +32,14 @@ class Item:
     label: str | None = None
 
 
+def map_id(item_id: str) -> str:
+    """The source file of an item id: the part before ``#``. Windows of one beatmap are
+    ``file#0``, ``file#1``, ...; they are correlated and must count as one map whenever
+    samples are assumed independent (evaluation splits, bootstraps). Ids without ``#``
+    are their own map."""
+    return str(item_id).split("#", 1)[0]
+
+
 @runtime_checkable
 class Extractor(Protocol):
     """What every feature extractor provides."""
