@@ -28,6 +28,7 @@ from beatmap_fid.errors import (
 )
 from beatmap_fid.extractors.base import Extractor, Item, batched, build_extractor
 from beatmap_fid.frechet import frechet_distance
+from beatmap_fid.metrics.fid_uncertainty import sample_warnings
 from beatmap_fid.stats import GaussianStats, RunningGaussian
 from beatmap_fid.store import EmbeddingStore, StoreWriter
 
@@ -195,6 +196,7 @@ class FIDResult:
     real: SideSummary
     generated: SideSummary
     extractor: str
+    warnings: list[str] = field(default_factory=list)  # sets too small to trust the value
 
     def __float__(self) -> float:
         return self.fid
@@ -205,6 +207,7 @@ class FIDResult:
             "extractor": self.extractor,
             "real": self.real.to_dict(),
             "generated": self.generated.to_dict(),
+            "warnings": list(self.warnings),
         }
 
 
@@ -273,7 +276,12 @@ def compute_fid(
         sides.append((stats, summary))
     (real_stats, real_summary), (gen_stats, gen_summary) = sides
     fid = frechet_distance(real_stats, gen_stats, device=device)
-    return FIDResult(fid, real_summary, gen_summary, extractor.name)
+    warnings = sample_warnings(
+        real_stats.dim,
+        real=(real_summary.n_vectors, real_summary.n_sources),
+        generated=(gen_summary.n_vectors, gen_summary.n_sources),
+    )
+    return FIDResult(fid, real_summary, gen_summary, extractor.name, warnings)
 
 
 MapLike = str | Path | slider.Beatmap

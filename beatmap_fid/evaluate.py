@@ -274,6 +274,9 @@ def _metric_options(
         options.setdefault("progress", progress)
     if name in ("fid", "fd_inf") and device is not None:
         options.setdefault("device", device)
+    if name == "fid_ci":  # the bootstrap resamples whole maps, found from the row ids
+        options.setdefault("real_ids", real.ids)
+        options.setdefault("generated_ids", generated.ids)
     if name == "kid" and "subset_size" not in options:
         smaller = min(real.n or 0, generated.n or 0)
         options["subset_size"] = min(KID_SUBSET_SIZE, max(smaller // 2, 2))
