@@ -115,7 +115,10 @@ def embed_to_store(
             labels = [item.label or "" for item in batch]
             if not any(labels):
                 labels = None
-            written += writer.append([item.id for item in batch], vectors, labels)
+            counts = [item.n_events for item in batch]
+            if all(count is None for count in counts):
+                counts = None
+            written += writer.append([item.id for item in batch], vectors, labels, counts)
             bar.update(len(batch))
         bar.close()
     return EmbedResult(store_path, ids, written, reused, skipped)

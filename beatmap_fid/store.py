@@ -1,9 +1,10 @@
 """HDF5 embedding stores: one file holds the vectors of one extractor configuration.
 
-A store has three datasets, ``vectors`` (float32, N × D), ``ids`` (UTF-8 strings) and,
-once some row has a label, ``labels``; and file attributes naming the extractor, its
-configuration and hash, the library version and the format version. The full format is
-documented in ``embeddings/README.md``.
+A store has the datasets ``vectors`` (float32, N × D), ``ids`` (UTF-8 strings), once some
+row has a label ``labels``, and once some row's events were counted ``n_events`` (int32, the
+beatmap events of the item, 0 for an empty window, −1 where not counted); and file attributes
+naming the extractor, its configuration and hash, the library version and the format version.
+The full format is documented in ``embeddings/README.md``.
 
 Writes are crash safe at batch granularity: a writer writes a batch's rows, flushes, then
 raises the ``n_rows`` attribute and flushes again. Readers trust ``n_rows`` and ignore any
@@ -69,6 +70,9 @@ _REQUIRED_ATTRIBUTES = (
     "n_rows",
 )
 _STRING = h5py.string_dtype("utf-8")
+_ROW_DATASETS = ("vectors", "ids", "labels", "n_events")  # one entry per row
+NOT_COUNTED = -1
+"""``n_events`` of rows whose events were not counted."""
 
 
 def canonical_config_json(config: dict[str, Any]) -> str:
@@ -196,7 +200,7 @@ def _check_layout(file: h5py.File, path: Path) -> int:
             f"{path} is malformed: 'vectors' is {vectors.dtype} {vectors.shape}, "
             f"expected float32 (N, {dim})"
         )
-    for name in ("vectors", "ids", "labels"):
+    for name in _ROW_DATASETS:
         if name in file and file[name].shape[0] < n_rows:
             raise StoreError(
                 f"{path} is malformed: {name!r} has {file[name].shape[0]} rows but "
@@ -234,6 +238,7 @@ class EmbeddingStore:
         self._vectors = self._file["vectors"]
         self._ids: np.ndarray | None = None
         self._labels: np.ndarray | None = None
+        self._n_events: np.ndarray | None = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -270,6 +275,16 @@ class EmbeddingStore:
         if self._labels is None:
             self._labels = self._file["labels"].asstr()[: self._n_rows]
         return self._labels
+
+    @property
+    def n_events(self) -> np.ndarray | None:
+        """Beatmap events per row, int32 (0: an empty window; −1: not counted), or None when
+        the extractor counted none (see :attr:`beatmap_fid.extractors.base.Item.n_events`)."""
+        if "n_events" not in self._file:
+            return None
+        if self._n_events is None:
+            self._n_events = self._file["n_events"][: self._n_rows].astype(np.int32)
+        return self._n_events
 
     def _block_rows(self, block_rows: int | None) -> int:
         chunk = self.chunk_rows
@@ -441,6 +456,18 @@ def _validated_vectors(vectors: Any, dim: int, n: int) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def _validated_counts(counts: Iterable[int | None], n: int) -> np.ndarray:
+    out = list(counts)
+    if len(out) != n:
+        raise InputError(f"{len(out)} event counts for {n} ids; pass one count (or None) per id")
+    for count in out:
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0
+        ):
+            raise InputError(f"event counts must be non-negative ints or None, got {count!r}")
+    return np.array([NOT_COUNTED if c is None else c for c in out], dtype=np.int32)
+
+
 def _validated_labels(labels: Iterable[str | None], n: int) -> list[str]:
     out = ["" if label is None else label for label in labels]
     if len(out) != n:
@@ -541,7 +568,7 @@ class StoreWriter:
                 f"{self.path} holds vectors of dimension {stored_dim}, but this writer has "
                 f"dimension {self.dim}; write to another store"
             )
-        for name in ("vectors", "ids", "labels"):
+        for name in _ROW_DATASETS:
             if name in file and file[name].shape[0] > self._n_rows:
                 file[name].resize(self._n_rows, axis=0)  # drop an uncommitted tail
         file.flush()
@@ -571,15 +598,18 @@ class StoreWriter:
         ids: Iterable[str],
         vectors: Any,
         labels: Iterable[str | None] | None = None,
+        n_events: Iterable[int | None] | None = None,
     ) -> int:
         """Write the rows whose ids are new and commit them; the number of rows written.
 
-        Ids already stored, and repeats within the batch after their first occurrence, are
-        skipped. A batch with a NaN or infinite vector is rejected whole (NonFiniteError).
+        ``n_events``: the beatmap events of each item (None where not counted). Ids already
+        stored, and repeats within the batch after their first occurrence, are skipped. A
+        batch with a NaN or infinite vector is rejected whole (NonFiniteError).
         """
         ids = _validated_ids(ids)
         array = _validated_vectors(vectors, self.dim, len(ids))
         label_list = None if labels is None else _validated_labels(labels, len(ids))
+        counts = None if n_events is None else _validated_counts(n_events, len(ids))
         finite = np.isfinite(array).all(axis=1)
         if not finite.all():
             bad = [ids[i] for i in np.flatnonzero(~finite)]
@@ -598,10 +628,17 @@ class StoreWriter:
             return 0
         new_ids = [ids[row] for row in keep]
         new_labels = None if label_list is None else [label_list[row] for row in keep]
-        self._write(new_ids, array[keep], new_labels)
+        new_counts = None if counts is None else counts[keep]
+        self._write(new_ids, array[keep], new_labels, new_counts)
         return len(keep)
 
-    def _write(self, ids: list[str], vectors: np.ndarray, labels: list[str] | None) -> None:
+    def _write(
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        labels: list[str] | None,
+        n_events: np.ndarray | None = None,
+    ) -> None:
         start, stop = self._n_rows, self._n_rows + len(ids)
         file = self._file
         self._set_metadata_evictions(False)
@@ -622,6 +659,19 @@ class StoreWriter:
                 label_dataset = file["labels"]
                 label_dataset.resize(stop, axis=0)
                 label_dataset[start:stop] = np.array(labels or [""] * len(ids), dtype=object)
+            if "n_events" not in file and n_events is not None:
+                file.create_dataset(
+                    "n_events",
+                    data=np.full(start, NOT_COUNTED, dtype=np.int32),
+                    maxshape=(None,),
+                    chunks=(STRING_CHUNK_ROWS,),
+                )
+            if "n_events" in file:
+                count_dataset = file["n_events"]
+                count_dataset.resize(stop, axis=0)
+                count_dataset[start:stop] = (
+                    n_events if n_events is not None else np.full(len(ids), NOT_COUNTED)
+                )
             file.flush()  # the rows are on disk before the count that makes them visible
             file.attrs["n_rows"] = stop
             file.flush()
@@ -679,11 +729,14 @@ def merge_stores(
             tqdm(total=total, desc=f"merging into {output.name}", unit="row", disable=not progress)
         )
         for store in stores:
-            ids, labels = store.ids, store.labels
+            ids, labels, counts = store.ids, store.labels, store.n_events
             for start, block in store.iter_blocks():
                 stop = start + len(block)
                 writer.append(
-                    ids[start:stop], block, None if labels is None else labels[start:stop]
+                    ids[start:stop],
+                    block,
+                    None if labels is None else labels[start:stop],
+                    None if counts is None else [c if c >= 0 else None for c in counts[start:stop]],
                 )
                 bar.update(len(block))
     return output

@@ -25,6 +25,7 @@ from beatmap_fid.knn import (
     evaluate_knn,
     leak_aware_splits,
     leak_components,
+    map_memorisation_scores,
     memorisation_scores,
 )
 from beatmap_fid.store import StoreWriter
@@ -261,6 +262,159 @@ def test_memorisation_checks_its_inputs(tmp_path):
         memorisation_scores(a, b)
 
 
+def with_break(text: str, start_ms: float, end_ms: float) -> str:
+    """The map without the hit objects that start in [start_ms, end_ms): a break."""
+    lines, in_objects = [], False
+    for line in text.splitlines():
+        if line.startswith("["):
+            in_objects = line.strip() == "[HitObjects]"
+        elif in_objects and line.strip() and start_ms <= float(line.split(",")[2]) < end_ms:
+            continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+WINDOW_MS = 8184.0  # 1023 hops of 128 samples at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def copy_sets(tmp_path_factory):
+    """Real maps with a break over windows 1-3; generated maps: a whole copy of a real map,
+    a new map with the same break (its empty windows equal the real maps' empty windows), a
+    map that is nothing but break after its first window, and new maps without breaks."""
+    from beatmap_fid.beatmap.synthetic import synthetic_beatmap
+
+    root = tmp_path_factory.mktemp("copies")
+    real, gen = root / "real", root / "gen"
+    real.mkdir()
+    gen.mkdir()
+    texts = [synthetic_beatmap(100 + i, "flow", duration_s=60.0) for i in range(8)]
+    for i, text in enumerate(texts):
+        (real / f"real{i}.osu").write_text(with_break(text, WINDOW_MS, 4 * WINDOW_MS))
+    (gen / "copy.osu").write_bytes((real / "real2.osu").read_bytes())
+    new = synthetic_beatmap(200, "flow", duration_s=60.0)
+    (gen / "breaky.osu").write_text(with_break(new, WINDOW_MS, 4 * WINDOW_MS))
+    lone = synthetic_beatmap(201, "flow", duration_s=60.0)
+    (gen / "mostly_break.osu").write_text(with_break(lone, WINDOW_MS, 7 * WINDOW_MS - 2000))
+    for i in range(4):
+        text = synthetic_beatmap(300 + i, "flow", duration_s=60.0)
+        (gen / f"novel{i}.osu").write_text(text)
+    return {"real": real, "gen": gen, "stores": root / "stores"}
+
+
+def test_event_counts_are_recorded_at_embedding_time(copy_sets):
+    from beatmap_fid.api import embed_to_store
+    from beatmap_fid.knn import window_events
+    from beatmap_fid.store import open_store
+
+    result = embed_to_store(copy_sets["real"], "descriptors", copy_sets["stores"] / "r.h5")
+    with open_store(result.store_path) as store:
+        counts = store.n_events
+        ids = store.ids
+        for item_id, count in zip(ids, counts):
+            name, k = item_id.split("#")
+            times = [
+                float(line.split(",")[2])
+                for line in (copy_sets["real"] / name).read_text().split("[HitObjects]")[1].split()
+            ]
+            start = int(k) * WINDOW_MS
+            assert count == sum(start <= t < start + WINDOW_MS for t in times), item_id
+        assert sorted({int(i.split("#")[1]) for i, c in zip(ids, counts) if c == 0}) == [1, 2, 3]
+        np.testing.assert_array_equal(window_events(store), counts)
+        vectors = store.vectors()
+    # a descriptors store written without counts: the "empty" feature tells
+    bare = copy_sets["stores"] / "bare.h5"
+    with StoreWriter(bare, "descriptors", {"v": 1}, vectors.shape[1]) as writer:
+        writer.append(ids, vectors)
+    with open_store(bare) as store:
+        assert store.n_events is None
+        np.testing.assert_array_equal(window_events(store) == 0, counts == 0)
+        assert window_events(store, ids[::-1])[0] == int(counts[-1] > 0)
+
+
+def test_nearest_ranks_a_copied_map_first_and_never_an_empty_window(copy_sets, capsys):
+    folders = [str(copy_sets["gen"]), str(copy_sets["real"]), "--store-dir"]
+    args = [*folders, str(copy_sets["stores"]), "--quiet", "--json", "--top", "100"]
+    assert run_cli("nearest", *args) == 0
+    by_map = json.loads(capsys.readouterr().out)
+    maps = {entry["map"]: entry for entry in by_map["maps"]}
+    first = by_map["maps"][0]
+    assert first["map"] == "copy.osu" and first["score"] == 0.0 and first["flagged"]
+    assert first["nearest_real_map"] == "real2.osu" and first["share_closer"] == 1.0
+    assert by_map["n_flagged"] == 1 and by_map["empty_windows_known"] is True
+    assert maps["breaky.osu"]["empty_windows"] == 3 and maps["breaky.osu"]["score"] > 0.5
+    assert (maps["mostly_break.osu"]["windows"], maps["mostly_break.osu"]["empty_windows"]) == (
+        2,
+        5,
+    )
+    assert all(entry["windows"] >= 1 for entry in by_map["maps"])
+
+    assert run_cli("nearest", *args, "--windows") == 0
+    by_window = json.loads(capsys.readouterr().out)
+    ranked = [item["id"] for item in by_window["items"]]
+    assert set(ranked[:4]) == {f"copy.osu#{k}" for k in (0, 4, 5, 6)}
+    assert not {f"breaky.osu#{k}" for k in (1, 2, 3)} & set(ranked)
+    assert by_window["empty_windows_left_out"]["generated"] == 3 + 3 + 5
+    assert run_cli("nearest", *folders, str(copy_sets["stores"]), "--quiet") == 0
+    text = capsys.readouterr().out
+    assert "1 of 7 generated maps score below 0.5" in text and "copy.osu" in text
+
+
+def test_without_event_counts_empty_windows_look_like_copies(copy_sets):
+    """What the exclusion prevents: the same vectors with their counts forgotten."""
+    from beatmap_fid.api import embed_to_store
+    from beatmap_fid.store import open_store
+
+    sides = []
+    for name in ("gen", "real"):
+        stored = embed_to_store(copy_sets[name], "descriptors", copy_sets["stores"] / f"{name}.h5")
+        with open_store(stored.store_path) as store:
+            sides.append((store.vectors(), np.asarray(store.ids), store.n_events))
+    (gen, gen_ids, gen_events), (real, real_ids, real_events) = sides
+    blind = memorisation_scores(gen, real, generated_ids=gen_ids, real_ids=real_ids)
+    empty = set(gen_ids[gen_events == 0].tolist())
+    assert empty & set(blind.generated_ids[:12].tolist())  # empty windows at distance 0
+    assert not blind.empty_known
+    seeing = memorisation_scores(
+        gen, real, generated_ids=gen_ids, real_ids=real_ids,
+        generated_events=gen_events, real_events=real_events,
+    )  # fmt: skip
+    assert not empty & set(seeing.generated_ids.tolist())
+    blind_maps = map_memorisation_scores(gen, real, generated_ids=gen_ids, real_ids=real_ids)
+    seeing_maps = map_memorisation_scores(
+        gen, real, generated_ids=gen_ids, real_ids=real_ids,
+        generated_events=gen_events, real_events=real_events,
+    )  # fmt: skip
+    blind_distance = dict(zip(blind_maps.maps, blind_maps.distance))
+    seeing_distance = dict(zip(seeing_maps.maps, seeing_maps.distance))
+    # 5 of its 7 windows are empty and sit at distance 0 from the real empty windows
+    name = "mostly_break.osu"
+    assert blind_distance[name] <= seeing_distance[name] * 2 / 7 + 1e-9
+    assert "event counts are unknown" in blind_maps.to_text()
+    assert seeing_maps.empty_known and "unknown" not in seeing_maps.to_text()
+
+
+def test_map_scores_check_their_inputs():
+    rng = np.random.default_rng(7)
+    real = rng.normal(size=(40, 4)).astype(np.float32)
+    ids = [f"r{i // 10}#{i % 10}" for i in range(40)]
+    gen = rng.normal(size=(6, 4)).astype(np.float32)
+    gen_ids = ["a#0", "a#1", "b#0", "b#1", "c#0", "c#1"]
+    report = map_memorisation_scores(
+        gen, real, generated_ids=gen_ids, real_ids=ids, generated_events=[3, 4, 0, 0, 1, 0]
+    )
+    assert sorted(report.maps.tolist()) == ["a", "c"] and report.left_out == ["b"]
+    assert dict(zip(report.maps, report.n_empty)) == {"a": 0, "c": 1}
+    with pytest.raises(InsufficientSamplesError, match="two real maps"):
+        map_memorisation_scores(gen, real, generated_ids=gen_ids, real_ids=["one#0"] * 40)
+    with pytest.raises(InsufficientSamplesError, match="every generated window is empty"):
+        map_memorisation_scores(gen, real, real_ids=ids, generated_events=[0] * 6)
+    with pytest.raises(InputError, match="event counts for"):
+        map_memorisation_scores(gen, real, real_ids=ids, generated_events=[1, 2])
+    with pytest.raises(InputError, match="distance"):
+        map_memorisation_scores(gen, real, real_ids=ids, metric="ip")
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -336,10 +490,15 @@ def test_cli_verbs_end_to_end(tmp_path, capsys):
         np.vstack([X[:2] + 1e-4, X[2500:2510] + 3]),
         ids=[f"g{i}" for i in range(12)],
     )
-    assert run_cli("nearest", str(generated), str(store), "--top", "5", "--json") == 0
+    assert run_cli("nearest", str(generated), str(store), "--top", "5", "--windows", "--json") == 0
     nearest = json.loads(capsys.readouterr().out)
     assert {item["id"] for item in nearest["items"][:2]} == {"g0", "g1"}
     assert nearest["n_flagged"] == 2 and len(nearest["items"]) == 5
+    assert run_cli("nearest", str(generated), str(store), "--top", "5", "--json") == 0
+    by_map = json.loads(capsys.readouterr().out)  # ids without '#': every item is a map
+    assert {entry["map"] for entry in by_map["maps"][:2]} == {"g0", "g1"}
+    assert by_map["level"] == "map" and by_map["n_flagged"] == 2
+    assert by_map["empty_windows_known"] is False  # stores written without event counts
 
 
 def test_knn_verb_groups_by_map_unless_told_otherwise(tmp_path, capsys):
@@ -423,3 +582,45 @@ def test_mapper_identification_on_real_beatmaps(songs_store, tmp_path):
         f"\nmapper LOO on {keep.sum()} windows, {len(set(creators[keep]))} creators: naive "
         f"{naive.accuracy:.3f}, grouped by map {honest.accuracy:.3f}, chance {chance:.3f}"
     )
+
+
+@pytest.mark.realdata
+def test_nearest_on_real_maps_ranks_a_copied_map_first(shared_data, tmp_path, capsys):
+    """Real sets: 10 song folders; generated: 4 other song folders and one real map copied
+    whole (with its audio). Empty windows (intros, breaks, outros) are never scored."""
+    import shutil
+
+    from beatmap_fid.store import open_store
+
+    songs = sorted((shared_data / "beatmaps" / "songs").iterdir())
+    real, gen = tmp_path / "real", tmp_path / "gen"
+    for folder in songs[4:14]:
+        shutil.copytree(folder, real / folder.name)
+    for folder in songs[-4:]:
+        shutil.copytree(folder, gen / folder.name)
+    source = real / songs[6].name
+    original = sorted(source.glob("*.osu"))[0]
+    (gen / "copy").mkdir()
+    shutil.copy2(original, gen / "copy" / original.name)
+    for audio in source.glob("*.mp3"):
+        shutil.copy2(audio, gen / "copy" / audio.name)
+    stores = tmp_path / "stores"
+    args = [str(gen), str(real), "--store-dir", str(stores), "--quiet", "--json", "--top", "1000"]
+    assert run_cli("nearest", *args) == 0
+    by_map = json.loads(capsys.readouterr().out)
+    first = by_map["maps"][0]
+    assert first["map"] == f"copy/{original.name}" and first["score"] == 0.0
+    assert first["nearest_real_map"] == f"{source.name}/{original.name}"
+    assert by_map["maps"][1]["score"] > 0 and by_map["empty_windows_known"]
+    assert sum(entry["empty_windows"] for entry in by_map["maps"]) > 0
+
+    assert run_cli("nearest", *args, "--windows") == 0
+    by_window = json.loads(capsys.readouterr().out)
+    (gen_store,) = [p for p in stores.glob("*gen*.h5")]
+    with open_store(gen_store) as store:
+        events = dict(zip(store.ids, store.n_events.tolist()))
+    ranked = [item["id"] for item in by_window["items"]]
+    assert all(events[i] > 0 for i in ranked)
+    copied = [i for i in events if i.startswith("copy/") and events[i] > 0]
+    assert set(ranked[: len(copied)]) == set(copied)
+    assert by_window["empty_windows_left_out"]["generated"] > 0

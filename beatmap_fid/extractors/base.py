@@ -25,11 +25,19 @@ from beatmap_fid.errors import ExtractorError, SkipLog
 
 @dataclass(frozen=True)
 class Item:
-    """One unit to embed: a stable id, the payload ``embed`` takes, and an optional label."""
+    """One unit to embed: a stable id, the payload ``embed`` takes, an optional label, and
+    for windows of beatmaps how many beatmap events the window holds.
+
+    ``n_events`` is counted by the extractor that cut the window (hit objects, or event tokens
+    for token-based models) and stored beside the vector: 0 marks an empty window (a break,
+    an intro, an outro), whose vector says nothing about mapping; None means not counted
+    (images, audio).
+    """
 
     id: str
     payload: Any
     label: str | None = None
+    n_events: int | None = None
 
 
 def map_id(item_id: str) -> str:

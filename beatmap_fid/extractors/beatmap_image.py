@@ -189,6 +189,7 @@ class BeatmapImageExtractor:
                     self.image_size,
                 ),
                 item.label,
+                item.n_events,
             )
             for item in self.windows.beatmap_items(beatmap_file, skipped)
         ]

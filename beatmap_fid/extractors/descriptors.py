@@ -771,7 +771,7 @@ class DescriptorExtractor:
                 f"{self.spec.window_ms / 1000:.3f} s window",
             )
         return [
-            Item(f"{beatmap_file.id}#{index}", window, beatmap_file.creator)
+            Item(f"{beatmap_file.id}#{index}", window, beatmap_file.creator, len(window.objects))
             for index, window in enumerate(windows)
         ]
 

@@ -147,6 +147,7 @@ class MapperClassifierExtractor:
         """One item per window of every readable map with audio under ``source``."""
         from beatmap_fid.beatmap.audio import load_audio
         from beatmap_fid.beatmap.reading import iter_beatmap_files
+        from beatmap_fid.beatmap.tokenizer import PAD_ID
 
         audio_cache: tuple[Path | None, np.ndarray | None] = (None, None)
         for beatmap_file in iter_beatmap_files(source, skipped, modes=self.modes):
@@ -184,7 +185,8 @@ class MapperClassifierExtractor:
                 except InputError as error:
                     skipped.add(f"{beatmap_file.id}#{k}", f"untokenizable: {error}")
                     continue
-                yield Item(f"{beatmap_file.id}#{k}", payload, beatmap_file.creator)
+                n_events = int(np.count_nonzero(payload.tokens != PAD_ID))
+                yield Item(f"{beatmap_file.id}#{k}", payload, beatmap_file.creator, n_events)
 
     def forward(self, payloads: Sequence[WindowPayload]) -> tuple[np.ndarray, np.ndarray]:
         """Feature vectors (n, dim) and logits (n, num_classes), float32, for a batch."""
