@@ -1107,12 +1107,14 @@ def map_memorisation_scores(
     windows = np.bincount(gen_map, minlength=len(names))
     distance = np.bincount(gen_map, nearest, minlength=len(names)) / windows
     closer = np.bincount(gen_map, nearest < own_nn[rows], minlength=len(names)) / windows
-    # R*: most nearest windows; ties go to the real map with the smaller summed distance
-    pairs = gen_map * len(ref_names) + ref_map[rows]
-    votes = np.bincount(pairs, minlength=len(names) * len(ref_names)).reshape(len(names), -1)
-    sums = np.bincount(pairs, nearest, minlength=votes.size).reshape(votes.shape)
-    tie_break = sums / (1.0 + sums.max()) if sums.size else sums
-    best = np.argmax(votes - tie_break, axis=1)
+    # R*: the real map with most nearest windows; ties go to the smaller summed distance
+    pairs, pair_of = np.unique(gen_map * len(ref_names) + ref_map[rows], return_inverse=True)
+    votes = np.bincount(pair_of.ravel())
+    sums = np.bincount(pair_of.ravel(), nearest)
+    pair_gen = pairs // len(ref_names)
+    ranked = np.lexsort((sums, -votes, pair_gen))  # per generated map, its best pair first
+    first = ranked[np.r_[True, pair_gen[ranked][1:] != pair_gen[ranked][:-1]]]
+    best = pairs[first] % len(ref_names)  # one per generated map, in map order
     reference = np.where(ref_distance[best] > 0, ref_distance[best], median)
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(distance == 0, 0.0, distance / reference)
@@ -1128,7 +1130,7 @@ def map_memorisation_scores(
         distance=distance[order],
         reference_distance=reference[order],
         nearest_real_map=ref_names[best][order],
-        share_on_nearest=(votes[np.arange(len(names)), best] / windows)[order],
+        share_on_nearest=(votes[first] / windows)[order],
         share_closer=closer[order],
         n_windows=windows[order],
         n_empty=(all_windows - windows)[order],

@@ -59,7 +59,7 @@ from beatmap_fid.evaluate import (
     load_sides,
     rhythm_applies,
 )
-from beatmap_fid.extractors.base import Extractor
+from beatmap_fid.extractors.base import Extractor, map_id
 from beatmap_fid.metrics.fid_uncertainty import sample_warnings, split_half_fid
 
 REPORT_METRICS = ("fid", "fid_ci", "kid", "prdc")
@@ -96,11 +96,6 @@ class ReportResult:
     json_path: Path
     html_path: Path
     data: dict[str, Any]
-
-
-def map_id(item_id: str) -> str:
-    """The source file of an item id: the part before ``#`` (``file#k`` → ``file``)."""
-    return item_id.split("#", 1)[0]
 
 
 def real_gaussian_distances(

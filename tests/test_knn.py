@@ -405,6 +405,12 @@ def test_map_scores_check_their_inputs():
     )
     assert sorted(report.maps.tolist()) == ["a", "c"] and report.left_out == ["b"]
     assert dict(zip(report.maps, report.n_empty)) == {"a": 0, "c": 1}
+    patchwork = np.vstack([real[10:13], real[30:31]])  # 3 windows of r1, one of r3
+    copied = map_memorisation_scores(
+        patchwork, real, generated_ids=["p#0", "p#1", "p#2", "p#3"], real_ids=ids
+    )
+    assert copied.nearest_real_map.tolist() == ["r1"] and copied.share_on_nearest[0] == 0.75
+    assert copied.score[0] == 0.0 and copied.share_closer[0] == 1.0
     with pytest.raises(InsufficientSamplesError, match="two real maps"):
         map_memorisation_scores(gen, real, generated_ids=gen_ids, real_ids=["one#0"] * 40)
     with pytest.raises(InsufficientSamplesError, match="every generated window is empty"):
