@@ -18,7 +18,12 @@ from beatmap_fid.evaluate import evaluate
 from beatmap_fid.extractors.base import build_extractor, extractor_infos, register_extractor
 from beatmap_fid.frechet import as_stats, frechet_distance
 from beatmap_fid.index import VectorIndex, build_index, load_index
-from beatmap_fid.knn import KNNClassifier, evaluate_knn, memorisation_scores
+from beatmap_fid.knn import (
+    KNNClassifier,
+    evaluate_knn,
+    map_memorisation_scores,
+    memorisation_scores,
+)
 from beatmap_fid.metrics import METRICS, fd_infinity, fid_confidence_interval
 from beatmap_fid.report import build_report
 from beatmap_fid.stats import GaussianStats, RunningGaussian, gaussian_stats
@@ -52,6 +57,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_stats",
     "load_index",
+    "map_memorisation_scores",
     "memorisation_scores",
     "merge_stores",
     "open_store",

@@ -36,8 +36,10 @@ from beatmap_fid.extractors.base import (
     build_extractor,
     config_hash,
     extractor_batches,
+    map_id,
 )
 from beatmap_fid.frechet import frechet_distance
+from beatmap_fid.metrics.fid_uncertainty import sample_warnings
 from beatmap_fid.stats import GaussianStats, RunningGaussian
 from beatmap_fid.store import EmbeddingStore, StoreWriter
 
@@ -75,7 +77,7 @@ class EmbedResult:
     @property
     def n_sources(self) -> int:
         """Number of distinct files behind the items (ids are ``file#index`` for windows)."""
-        return len({item_id.split("#", 1)[0] for item_id in self.ids})
+        return len({map_id(item_id) for item_id in self.ids})
 
     def vectors(self) -> np.ndarray:
         """float32 vectors of :attr:`ids`, in that order, read from the store."""
@@ -141,7 +143,11 @@ def embed_to_store(
             labels = [item.label or "" for item in batch]
             replaced += sum(item_id in writer for item_id in batch_ids)
             written += writer.append(
-                batch_ids, vectors, labels if any(labels) else None, [prints[i] for i in batch_ids]
+                batch_ids,
+                vectors,
+                labels if any(labels) else None,
+                fingerprints=[prints[i] for i in batch_ids],
+                n_events=[item.n_events for item in batch],
             )
             ids.extend(batch_ids)
             bar.update(len(batch))
@@ -251,6 +257,7 @@ class FIDResult:
     real: SideSummary
     generated: SideSummary
     extractor: str
+    warnings: list[str] = field(default_factory=list)  # sets too small to trust the value
 
     def __float__(self) -> float:
         return self.fid
@@ -261,6 +268,7 @@ class FIDResult:
             "extractor": self.extractor,
             "real": self.real.to_dict(),
             "generated": self.generated.to_dict(),
+            "warnings": list(self.warnings),
         }
 
 
@@ -282,7 +290,7 @@ def resolve_statistics(
     if path.suffix in {".h5", ".hdf5"} and path.is_file():
         stats = store_statistics(path)
         with EmbeddingStore(path) as store:
-            n_sources = len({item_id.split("#", 1)[0] for item_id in store.ids})
+            n_sources = len({map_id(item_id) for item_id in store.ids})
         return stats, SideSummary(str(path), "store", n_sources, stats.n, str(path))
     if not path.exists():
         raise InputError(f"{path} does not exist (expected a folder, a file, a store or a .npz)")
@@ -343,7 +351,12 @@ def compute_fid(
             sides.append((stats, summary))
     (real_stats, real_summary), (gen_stats, gen_summary) = sides
     fid = frechet_distance(real_stats, gen_stats, device=device)
-    return FIDResult(fid, real_summary, gen_summary, extractor.name)
+    warnings = sample_warnings(
+        real_stats.dim,
+        real=(real_summary.n_vectors, real_summary.n_sources),
+        generated=(gen_summary.n_vectors, gen_summary.n_sources),
+    )
+    return FIDResult(fid, real_summary, gen_summary, extractor.name, warnings)
 
 
 MapLike = str | Path | slider.Beatmap

@@ -41,7 +41,7 @@ from beatmap_fid.errors import (
     SkipLog,
     SourceError,
 )
-from beatmap_fid.extractors.base import Extractor, build_extractor, config_hash
+from beatmap_fid.extractors.base import Extractor, build_extractor, config_hash, map_id
 from beatmap_fid.stats import GaussianStats
 from beatmap_fid.store import EmbeddingStore
 
@@ -114,7 +114,7 @@ def _store_side(store: EmbeddingStore) -> EvalSide:
     summary = SideSummary(
         str(store.path),
         "store",
-        len({item_id.split("#", 1)[0] for item_id in ids}),
+        len({map_id(item_id) for item_id in ids}),
         len(store),
         str(store.path),
     )
@@ -274,6 +274,9 @@ def _metric_options(
         options.setdefault("progress", progress)
     if name in ("fid", "fd_inf") and device is not None:
         options.setdefault("device", device)
+    if name == "fid_ci":  # the bootstrap resamples whole maps, found from the row ids
+        options.setdefault("real_ids", real.ids)
+        options.setdefault("generated_ids", generated.ids)
     if name == "kid" and "subset_size" not in options:
         smaller = min(real.n or 0, generated.n or 0)
         options["subset_size"] = min(KID_SUBSET_SIZE, max(smaller // 2, 2))
@@ -501,7 +504,7 @@ def _scores(
     store_path: str,
     skipped: SkipLog,
 ) -> ScoreResult:
-    files, file_index = np.unique([i.split("#", 1)[0] for i in ids], return_inverse=True)
+    files, file_index = np.unique([map_id(i) for i in ids], return_inverse=True)
     counts = np.bincount(file_index, minlength=len(files))
     if head.kind == "regression":
         item_scores = head.predict(features)

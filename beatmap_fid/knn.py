@@ -6,9 +6,15 @@
 * :func:`evaluate_knn`: leave-one-out or stratified k-fold accuracy that never lets a query
   see its own copies. Rows linked by an identical vector or a shared group form one "leak
   component"; leave-one-out leaves the query's whole component out of its neighbours, k-fold
-  keeps each component inside one fold (StratifiedGroupKFold).
-* :func:`memorisation_scores`: for generated items, their nearest real items and how much
-  closer they are to them than real items are to each other.
+  keeps each component inside one fold (StratifiedGroupKFold). By default the groups are
+  maps: windows ``file#k`` of one file are near each other and share their label, so letting
+  them vote for each other measures recognising the map, not its label. The ungrouped
+  ("naive") figure is reported beside the grouped one.
+* :func:`map_memorisation_scores`: copy detection for whole generated maps, each scored
+  against the real map it sits nearest; :func:`memorisation_scores` does the same for single
+  items. Both leave out empty windows (breaks, intros: no beatmap events), which look alike in
+  every map. Whether a window is empty is counted by the extractor that cut it and stored
+  beside its vector (``n_events``), so this works for every beatmap extractor.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from beatmap_fid.errors import (
     InsufficientSamplesError,
     NonFiniteError,
 )
+from beatmap_fid.extractors.base import map_id
 from beatmap_fid.index import (
     METRICS,
     _as_distances,
@@ -358,6 +365,9 @@ class KNNReport:
     confusion: np.ndarray
     y_true: np.ndarray = field(repr=False)
     y_pred: np.ndarray = field(repr=False)
+    group_by: str = "none"  # "map" (the id before "#"), "groups" (given) or "none"
+    n_groups: int | None = None
+    naive: dict[str, float] | None = None  # the same evaluation without groups
 
     def to_dict(self) -> dict[str, Any]:
         """Every figure, JSON-ready (per-row predictions left out)."""
@@ -370,6 +380,9 @@ class KNNReport:
             "n_splits": self.n_splits,
             "exclude_duplicates": self.exclude_duplicates,
             "grouped": self.grouped,
+            "group_by": self.group_by,
+            "n_groups": self.n_groups,
+            "naive": self.naive,
             "n_components": self.n_components,
             "mean_excluded": self.mean_excluded,
             "accuracy": self.accuracy,
@@ -392,8 +405,10 @@ class KNNReport:
         guards = []
         if self.exclude_duplicates:
             guards.append("exact duplicates kept apart")
-        if self.grouped:
-            guards.append("groups kept apart")
+        if self.group_by == "map":
+            guards.append(f"windows grouped by map ({self.n_groups} maps)")
+        elif self.grouped:
+            guards.append(f"{self.n_groups} groups kept apart")
         lines = [
             f"k-NN ({self.n_neighbors} neighbours, {self.weights} weights, {self.metric}) "
             f"{how} on {self.n_samples} rows, {len(self.classes)} classes"
@@ -402,7 +417,7 @@ class KNNReport:
                 if guards
                 else ""
             ),
-            f"accuracy      {self.accuracy:.4f}",
+            f"accuracy      {self.accuracy:.4f}" + self._naive_text(),
             *(f"top-{k} accuracy {v:.4f}" for k, v in self.top_k_accuracy.items()),
             f"F1 weighted   {self.f1_weighted:.4f}",
             f"F1 macro      {self.f1_macro:.4f}",
@@ -423,6 +438,12 @@ class KNNReport:
             for name, row in zip(names, self.confusion):
                 lines.append(f"{name:>8} " + " ".join(f"{v:>8d}" for v in row))
         return "\n".join(lines)
+
+    def _naive_text(self) -> str:
+        if self.naive is None:
+            return "" if self.grouped else "  (ungrouped: rows of one map vote for each other)"
+        who = "windows of one map" if self.group_by == "map" else "rows of one group"
+        return f"  (naive {self.naive['accuracy']:.4f} when {who} may vote for each other)"
 
     def plot_confusion(self, path: str | os.PathLike) -> Path:
         """Save the row-normalised confusion matrix as a PNG (needs matplotlib)."""
@@ -527,16 +548,40 @@ def _report(
     )
 
 
+def _resolve_groups(
+    groups: str | Sequence[Any] | None, ids: Sequence[str] | None, n: int
+) -> tuple[str, np.ndarray | None]:
+    """``(group_by, group per row or None)`` from the ``groups`` argument of evaluate_knn."""
+    if groups is None:
+        return "none", None
+    if isinstance(groups, str):
+        if groups != "map":
+            raise InputError(f"groups must be 'map', None or one group per row, got {groups!r}")
+        if ids is None:
+            raise InputError(
+                "evaluate_knn groups windows by map by default: pass ids (the store's "
+                "'file#window' ids) so that windows of one map never vote for each other, "
+                "groups=[...] for your own groups, or groups=None for the naive figure"
+            )
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or len(ids) != n:
+            raise InputError(f"{len(ids)} ids for {n} rows")
+        return "map", np.array([map_id(i) for i in ids], dtype=object)
+    return "groups", np.asarray(groups)
+
+
 def evaluate_knn(
     X: Any,
     y: Any,
     *,
+    ids: Sequence[str] | None = None,
+    groups: str | Sequence[Any] | None = "map",
+    naive: bool = True,
     method: str = "loo",
     n_neighbors: int = 5,
     weights: str = "uniform",
     temperature: float = 1.0,
     metric: str = "l2",
-    groups: Sequence[Any] | None = None,
     exclude_duplicates: bool = True,
     n_splits: int = 5,
     top_k: Sequence[int] = (3, 5),
@@ -546,11 +591,16 @@ def evaluate_knn(
 ) -> KNNReport:
     """Out-of-sample k-NN accuracy, top-k accuracy, F1 and confusion matrix.
 
+    ``groups``: ``"map"`` (default) keeps the windows of one map together, the map being the
+    part of each row's id before ``#`` (``ids`` required); a sequence gives each row's group;
+    ``None`` lets rows of one map vote for each other (optimistic). With groups and
+    ``naive``, the ungrouped figures are computed too and reported in ``report.naive``.
+
     ``method="loo"``: every row is classified by its neighbours among all other rows, minus
-    its leak component (its exact duplicates when ``exclude_duplicates``, its whole group when
-    ``groups`` is given). ``method="kfold"``: ``n_splits`` stratified folds that keep each leak
-    component in one fold (StratifiedGroupKFold). ``index`` is passed to
-    :class:`KNNClassifier` for k-fold; leave-one-out always searches exactly.
+    its leak component (its exact duplicates when ``exclude_duplicates``, its whole group).
+    ``method="kfold"``: ``n_splits`` stratified folds that keep each leak component in one
+    fold (StratifiedGroupKFold). ``index`` is passed to :class:`KNNClassifier` for k-fold;
+    leave-one-out always searches exactly.
     """
     if method not in ("loo", "kfold"):
         raise InputError(f"method must be 'loo' or 'kfold', got {method!r}")
@@ -560,6 +610,7 @@ def evaluate_knn(
     y = classes[encoded]
     if len(X) < 2:
         raise InsufficientSamplesError("evaluation needs at least two labelled rows")
+    group_by, groups = _resolve_groups(groups, ids, len(X))
     component = leak_components(X, groups, exclude_duplicates)
     sizes = np.bincount(component)
     if sizes.max() == len(X):
@@ -575,9 +626,34 @@ def evaluate_knn(
         "n_samples": len(X),
         "exclude_duplicates": exclude_duplicates,
         "grouped": groups is not None,
+        "group_by": group_by,
+        "n_groups": None if groups is None else len(np.unique(groups.astype(str))),
         "n_components": len(sizes),
         "mean_excluded": float(np.mean(sizes[component] - 1)),
     }
+    if naive and groups is not None:
+        ungrouped = evaluate_knn(
+            X,
+            y,
+            groups=None,
+            method=method,
+            n_neighbors=n_neighbors,
+            weights=weights,
+            temperature=temperature,
+            metric=metric,
+            exclude_duplicates=exclude_duplicates,
+            n_splits=n_splits,
+            top_k=(),
+            index=index,
+            random_state=random_state,
+            progress=progress,
+        )
+        fields["naive"] = {
+            "accuracy": ungrouped.accuracy,
+            "f1_weighted": ungrouped.f1_weighted,
+            "f1_macro": ungrouped.f1_macro,
+            "mean_excluded": ungrouped.mean_excluded,
+        }
     if method == "loo":
         distances, positions = _loo_neighbours(X, component, n_neighbors, metric, progress)
         proba = vote(distances, positions, encoded, len(classes), weights, temperature, metric)
@@ -651,7 +727,8 @@ def _kfold_proba(
 class MemorisationReport:
     """Generated items sorted most suspicious first, with their nearest real items.
 
-    ``score`` = d(g, r*) / d(r*, nearest other real item), where r* is the nearest real item
+    Empty windows (no beatmap events) are left out on both sides. ``score`` = d(g, r*) /
+    d(r*, nearest other real item), where r* is the nearest real item
     of generated item g (the per-neighbour "authenticity" test of Alaa et al., 2022, as a
     ratio): below 1, g sits closer to r* than any other real item does, a sign of copying;
     near 0, a near-exact copy. ``score_global`` divides by the median real-to-real
@@ -668,6 +745,8 @@ class MemorisationReport:
     median_real_distance: float
     threshold: float
     metric: str
+    n_empty: tuple[int, int] = (0, 0)  # empty windows left out (generated, real)
+    empty_known: bool = True  # whether every window's emptiness was known
 
     @property
     def flagged(self) -> np.ndarray:
@@ -676,7 +755,10 @@ class MemorisationReport:
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         rows = range(len(self.generated_ids) if top is None else min(top, len(self.generated_ids)))
         return {
+            "level": "window",
             "metric": self.metric,
+            "empty_windows_left_out": {"generated": self.n_empty[0], "real": self.n_empty[1]},
+            "empty_windows_known": self.empty_known,
             "threshold": self.threshold,
             "median_real_distance": self.median_real_distance,
             "n_generated": len(self.generated_ids),
@@ -704,7 +786,8 @@ class MemorisationReport:
             f"{int(self.flagged.sum())} of {len(self.generated_ids)} generated items score "
             f"below {self.threshold} (score = distance to nearest real / that real item's own "
             f"nearest-real distance; median real-to-real distance "
-            f"{self.median_real_distance:.4g}, {self.metric})",
+            f"{self.median_real_distance:.4g}, {self.metric}; {self.n_empty[0]} generated and "
+            f"{self.n_empty[1]} real empty windows left out)",
             f"{'generated':<32} {'score':>7} {'global':>7} {'distance':>10}  nearest real",
         ]
         for i in range(min(top, len(self.generated_ids))):
@@ -717,16 +800,87 @@ class MemorisationReport:
         return "\n".join(lines)
 
 
-def _as_vectors(source: Any, ids: Sequence[str] | None, stack: ExitStack, what: str):
+def window_events(store: Any, ids: Sequence[str] | None = None) -> np.ndarray:
+    """Beatmap events of each row of an embedding store (of the rows with ``ids``, in that
+    order, when given): int64, 0 for an empty window, −1 where unknown.
+
+    Counts are those the extractor recorded at embedding time (``n_events``). Stores of the
+    ``descriptors`` extractor written without counts fall back to the vectors' own ``empty``
+    feature, which says exactly whether the window holds objects.
+    """
+    rows = None
+    if ids is not None:
+        row_of = {item_id: row for row, item_id in enumerate(np.asarray(store.ids).astype(str))}
+        missing = [i for i in ids if str(i) not in row_of]
+        if missing:
+            raise InputError(f"{store.path} holds no row with id {missing[0]!r}")
+        rows = np.array([row_of[str(i)] for i in ids], dtype=np.int64)
+    counted = store.n_events
+    events = (
+        np.full(len(store) if rows is None else len(rows), -1, dtype=np.int64)
+        if counted is None
+        else np.asarray(counted if rows is None else counted[rows], dtype=np.int64)
+    )
+    unknown = events < 0
+    if unknown.any() and store.extractor == "descriptors":
+        from beatmap_fid.extractors.descriptors import DESCRIPTOR_NAMES
+
+        column = DESCRIPTOR_NAMES.index("empty")
+        picked = np.flatnonzero(unknown) if rows is None else rows[unknown]
+        empty = store.vectors(picked)[:, column] > 0.5
+        events[unknown] = np.where(empty, 0, 1)  # 1: "holds objects", the count is not known
+    return events
+
+
+@dataclass
+class _CopySide:
+    vectors: np.ndarray
+    ids: np.ndarray
+    config_hash: str | None
+    events: np.ndarray  # per row; 0 = empty window, −1 = unknown
+
+
+def _copy_side(
+    source: Any,
+    ids: Sequence[str] | None,
+    events: Sequence[int] | None,
+    stack: ExitStack,
+    what: str,
+) -> _CopySide:
     src = _as_source(source, ids, None, stack)
-    vectors = src.array if src.array is not None else np.asarray(src.store.vectors())
+    if src.store is not None:
+        if events is not None:
+            raise InputError(f"{what}: event counts come from the store; do not pass them")
+        vectors, counts = np.asarray(src.store.vectors()), window_events(src.store)
+    else:
+        vectors = src.array
+        counts = np.full(len(vectors), -1) if events is None else np.asarray(events, np.int64)
+        if counts.shape != (len(vectors),):
+            raise InputError(f"{what}: {len(counts)} event counts for {len(vectors)} vectors")
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         raise NonFiniteError(
             f"{what} vectors contain NaN or infinite values (first: id "
             f"{str(src.ids[np.flatnonzero(~finite)[0]])!r})"
         )
-    return vectors, src.ids, src.provenance.get("config_hash")
+    return _CopySide(vectors, src.ids, src.provenance.get("config_hash"), counts)
+
+
+def _check_copy_pair(gen: _CopySide, ref: _CopySide, metric: str) -> None:
+    if metric not in ("l2", "cosine"):
+        raise InputError(
+            f"memorisation scores need a distance: use metric 'l2' or 'cosine', got {metric!r}"
+        )
+    if gen.config_hash and ref.config_hash and gen.config_hash != ref.config_hash:
+        raise ConfigMismatchError(
+            f"generated store has config hash {gen.config_hash}, real store {ref.config_hash}: "
+            "distances between vectors of different extractor configurations mean nothing"
+        )
+    if gen.vectors.shape[1] != ref.vectors.shape[1]:
+        raise DimensionMismatchError(
+            f"generated vectors have dimension {gen.vectors.shape[1]}, real vectors "
+            f"{ref.vectors.shape[1]}"
+        )
 
 
 def memorisation_scores(
@@ -738,35 +892,36 @@ def memorisation_scores(
     threshold: float = 0.5,
     generated_ids: Sequence[str] | None = None,
     real_ids: Sequence[str] | None = None,
+    generated_events: Sequence[int] | None = None,
+    real_events: Sequence[int] | None = None,
 ) -> MemorisationReport:
     """How close each generated item sits to its nearest real items, most suspicious first.
 
-    ``generated`` / ``real``: embedding stores, store paths, or arrays (with optional ids).
-    Real items identical to each other count as one when measuring the real-to-real distance.
-    See :class:`MemorisationReport` for the score. Search is exact.
+    ``generated`` / ``real``: embedding stores, store paths, or arrays (with optional ids and
+    event counts). Empty windows (0 events: breaks, intros) are left out on both sides: they
+    look alike in every map and would rank first. Real items identical to each other count as
+    one when measuring the real-to-real distance. See :class:`MemorisationReport` for the
+    score; :func:`map_memorisation_scores` scores whole maps. Search is exact.
     """
     import faiss
 
-    if metric == "ip":
-        raise InputError("memorisation scores need a distance: use metric 'l2' or 'cosine'")
     with ExitStack() as stack:
-        gen, gen_ids, gen_hash = _as_vectors(generated, generated_ids, stack, "generated")
-        ref, ref_ids, ref_hash = _as_vectors(real, real_ids, stack, "real")
-    if gen_hash and ref_hash and gen_hash != ref_hash:
-        raise ConfigMismatchError(
-            f"generated store has config hash {gen_hash}, real store {ref_hash}: distances "
-            "between vectors of different extractor configs mean nothing"
-        )
-    if gen.shape[1] != ref.shape[1]:
-        raise DimensionMismatchError(
-            f"generated vectors have dimension {gen.shape[1]}, real vectors {ref.shape[1]}"
-        )
-    gen_v, ref_v = _prepare(gen, metric), _prepare(ref, metric)
+        gen = _copy_side(generated, generated_ids, generated_events, stack, "generated")
+        ref = _copy_side(real, real_ids, real_events, stack, "real")
+    _check_copy_pair(gen, ref, metric)
+    gen_keep, ref_keep = gen.events != 0, ref.events != 0
+    if not gen_keep.any():
+        raise InsufficientSamplesError("every generated window is empty (no beatmap events)")
+    gen_ids, ref_ids = gen.ids[gen_keep], ref.ids[ref_keep]
+    gen_v = _prepare(gen.vectors[gen_keep], metric)
+    ref_v = _prepare(ref.vectors[ref_keep], metric)
     real_copies = duplicate_groups(ref_v)  # after normalising: scaled copies are one for cosine
     first_of = np.unique(real_copies, return_index=True)[1]
     if len(first_of) < 2:
-        raise InsufficientSamplesError("memorisation needs at least two distinct real vectors")
-    k = min(k, len(ref))
+        raise InsufficientSamplesError(
+            "memorisation needs at least two distinct real vectors with beatmap events"
+        )
+    k = min(k, len(ref_v))
     faiss_metric = _faiss_metric(metric)
 
     everything = faiss.IndexFlat(ref_v.shape[1], faiss_metric)
@@ -799,4 +954,190 @@ def memorisation_scores(
         median_real_distance=median if math.isfinite(median) else float("nan"),
         threshold=threshold,
         metric=metric,
+        n_empty=(int((~gen_keep).sum()), int((~ref_keep).sum())),
+        empty_known=bool((gen.events >= 0).all() and (ref.events >= 0).all()),
+    )
+
+
+@dataclass
+class MapMemorisationReport:
+    """Generated maps sorted most suspicious first, each with the real map it sits nearest.
+
+    Only windows with beatmap events count. For a generated map G, ``distance`` D(G) is the
+    mean, over its windows, of the distance to the nearest real window; ``nearest_real_map``
+    R* is the real map holding most of those nearest windows. ``reference_distance`` is the
+    same measure for R* against the other real maps (its windows' distances to the nearest
+    window of another real map; the median over real maps where that is 0), the distance a
+    fresh map from the same distribution keeps.
+    ``score`` = D(G) / D(R*): about 1 for a map as new as a real one, below 1 closer to R*
+    than other real maps come, 0 for a copy. ``score_global`` divides by the median of D over
+    all real maps. ``share_closer``: share of G's windows closer to their nearest real window
+    than that window is to any other real map. ``flagged``: ``score < threshold``.
+    """
+
+    maps: np.ndarray
+    score: np.ndarray
+    score_global: np.ndarray
+    distance: np.ndarray
+    reference_distance: np.ndarray
+    nearest_real_map: np.ndarray
+    share_on_nearest: np.ndarray  # share of G's windows whose nearest real window is in R*
+    share_closer: np.ndarray
+    n_windows: np.ndarray  # windows with events
+    n_empty: np.ndarray  # empty windows left out
+    median_real_distance: float
+    threshold: float
+    metric: str
+    left_out: list[str]  # generated maps without a single window with events
+    n_real_maps: int
+    empty_known: bool  # whether every window's emptiness was known
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return self.score < self.threshold
+
+    def to_dict(self, top: int | None = None) -> dict[str, Any]:
+        rows = range(len(self.maps) if top is None else min(top, len(self.maps)))
+        return {
+            "level": "map",
+            "metric": self.metric,
+            "threshold": self.threshold,
+            "median_real_distance": self.median_real_distance,
+            "n_generated_maps": len(self.maps),
+            "n_real_maps": self.n_real_maps,
+            "n_flagged": int(self.flagged.sum()),
+            "empty_windows_known": self.empty_known,
+            "left_out": list(self.left_out),
+            "maps": [
+                {
+                    "map": str(self.maps[i]),
+                    "score": float(self.score[i]),
+                    "score_global": float(self.score_global[i]),
+                    "distance": float(self.distance[i]),
+                    "reference_distance": float(self.reference_distance[i]),
+                    "nearest_real_map": str(self.nearest_real_map[i]),
+                    "share_on_nearest": float(self.share_on_nearest[i]),
+                    "share_closer": float(self.share_closer[i]),
+                    "windows": int(self.n_windows[i]),
+                    "empty_windows": int(self.n_empty[i]),
+                    "flagged": bool(self.flagged[i]),
+                }
+                for i in rows
+            ],
+        }
+
+    def to_text(self, top: int = 20) -> str:
+        lines = [
+            f"{int(self.flagged.sum())} of {len(self.maps)} generated maps score below "
+            f"{self.threshold} (score = mean distance of the map's windows to the nearest real "
+            "window / the same for its nearest real map against the other real maps; "
+            f"{self.n_real_maps} real maps, {self.metric}; empty windows left out)",
+            f"{'generated map':<40} {'score':>7} {'global':>7} {'closer':>7} {'windows':>7}  "
+            "nearest real map",
+        ]
+        for i in range(min(top, len(self.maps))):
+            mark = " *" if self.flagged[i] else ""
+            lines.append(
+                f"{str(self.maps[i])[-40:]:<40} {self.score[i]:>7.3f} "
+                f"{self.score_global[i]:>7.3f} {self.share_closer[i]:>7.0%} "
+                f"{self.n_windows[i]:>7d}  {self.nearest_real_map[i]}{mark}"
+            )
+        if self.left_out:
+            lines.append(f"{len(self.left_out)} generated map(s) have no window with events")
+        if not self.empty_known:
+            lines.append(
+                "some windows' event counts are unknown (store written without them): those "
+                "were kept, so empty windows may take part; embed again to count them"
+            )
+        return "\n".join(lines)
+
+
+def map_memorisation_scores(
+    generated: Any,
+    real: Any,
+    *,
+    metric: str = "l2",
+    threshold: float = 0.5,
+    generated_ids: Sequence[str] | None = None,
+    real_ids: Sequence[str] | None = None,
+    generated_events: Sequence[int] | None = None,
+    real_events: Sequence[int] | None = None,
+) -> MapMemorisationReport:
+    """Whole generated maps scored for copying, most suspicious first.
+
+    ``generated`` / ``real``: embedding stores, store paths, or arrays with ids (``file#k``:
+    the map is the part before ``#``) and optional event counts per row. Windows without
+    beatmap events (breaks, intros, outros; counted by the extractor at embedding time, see
+    :func:`window_events`) are left out on both sides: they look alike in every map, so
+    they would make unrelated maps look like copies. A real map that another real map
+    duplicates (distance 0 to the other real maps) is judged by the median real distance
+    instead. See :class:`MapMemorisationReport` for the score. Search is exact.
+    """
+    import faiss
+
+    with ExitStack() as stack:
+        gen = _copy_side(generated, generated_ids, generated_events, stack, "generated")
+        ref = _copy_side(real, real_ids, real_events, stack, "real")
+    _check_copy_pair(gen, ref, metric)
+    gen_maps_all = np.array([map_id(i) for i in gen.ids], dtype=object)
+    gen_keep, ref_keep = gen.events != 0, ref.events != 0
+    ref_v = _prepare(ref.vectors[ref_keep], metric)
+    ref_names, ref_map = np.unique(
+        np.array([map_id(i) for i in ref.ids[ref_keep]], dtype=object), return_inverse=True
+    )
+    ref_map = ref_map.ravel()
+    if len(ref_names) < 2:
+        raise InsufficientSamplesError("map scores need at least two real maps with events")
+    own, _ = _loo_neighbours(ref_v, ref_map, 1, metric, progress=False)
+    own_nn = own[:, 0].astype(np.float64)  # nearest window of another real map
+    ref_windows = np.bincount(ref_map, minlength=len(ref_names))
+    ref_distance = np.bincount(ref_map, own_nn, minlength=len(ref_names)) / ref_windows
+    median = float(np.median(ref_distance))
+
+    names, gen_map = np.unique(gen_maps_all[gen_keep], return_inverse=True)
+    gen_map = gen_map.ravel()
+    left_out = sorted(set(gen_maps_all.tolist()) - set(names.tolist()))
+    if not len(names):
+        raise InsufficientSamplesError("every generated window is empty (no beatmap events)")
+    index = faiss.IndexFlat(ref_v.shape[1], _faiss_metric(metric))
+    index.add(ref_v)
+    raw, rows = index.search(_prepare(gen.vectors[gen_keep], metric), 1)
+    nearest = _as_distances(raw, rows, metric)[:, 0].astype(np.float64)
+    rows = rows[:, 0].astype(np.int64)
+    windows = np.bincount(gen_map, minlength=len(names))
+    distance = np.bincount(gen_map, nearest, minlength=len(names)) / windows
+    closer = np.bincount(gen_map, nearest < own_nn[rows], minlength=len(names)) / windows
+    # R*: the real map with most nearest windows; ties go to the smaller summed distance
+    pairs, pair_of = np.unique(gen_map * len(ref_names) + ref_map[rows], return_inverse=True)
+    votes = np.bincount(pair_of.ravel())
+    sums = np.bincount(pair_of.ravel(), nearest)
+    pair_gen = pairs // len(ref_names)
+    ranked = np.lexsort((sums, -votes, pair_gen))  # per generated map, its best pair first
+    first = ranked[np.r_[True, pair_gen[ranked][1:] != pair_gen[ranked][:-1]]]
+    best = pairs[first] % len(ref_names)  # one per generated map, in map order
+    reference = np.where(ref_distance[best] > 0, ref_distance[best], median)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(distance == 0, 0.0, distance / reference)
+        score_global = np.where(distance == 0, 0.0, distance / median)
+    order = np.lexsort((distance, score))
+    all_windows = np.bincount(
+        np.searchsorted(names, gen_maps_all[np.isin(gen_maps_all, names)]), minlength=len(names)
+    )
+    return MapMemorisationReport(
+        maps=names[order],
+        score=score[order],
+        score_global=score_global[order],
+        distance=distance[order],
+        reference_distance=reference[order],
+        nearest_real_map=ref_names[best][order],
+        share_on_nearest=(votes[first] / windows)[order],
+        share_closer=closer[order],
+        n_windows=windows[order],
+        n_empty=(all_windows - windows)[order],
+        median_real_distance=median,
+        threshold=threshold,
+        metric=metric,
+        left_out=left_out,
+        n_real_maps=len(ref_names),
+        empty_known=bool((gen.events >= 0).all() and (ref.events >= 0).all()),
     )

@@ -21,7 +21,13 @@ writes, into one folder:
   it is dominated by FID's 1/N bias and by the loss of coverage of the real map that the left-out
   map pairs with, so it ranked heavily disturbed maps near the bottom.)
 - FID-against-N curves: FID of nested random subsets of growing size, for a few seeds, with the
-  fitted FD∞ + c/N and the FD∞ line (:func:`beatmap_fid.metrics.fd_infinity`).
+  fitted FD∞ + c/N and the FD∞ line (:func:`beatmap_fid.metrics.fd_infinity`);
+- the scale for reading FID: the FID between two random halves of the real maps (split by
+  map, several splits, :func:`~beatmap_fid.metrics.fid_uncertainty.split_half_fid`), what FID
+  shows when only sampling differs;
+- warnings when a set is too small to trust: fewer vectors than dimensions, or very few maps
+  (:func:`~beatmap_fid.metrics.fid_uncertainty.sample_warnings`), in ``report.json``
+  (``"warnings"``) and at the top of the page.
 
 The HTML file has its CSS inline and its figures as base64 PNG data URIs: it opens anywhere,
 offline, and makes no external request.
@@ -53,7 +59,8 @@ from beatmap_fid.evaluate import (
     load_sides,
     rhythm_applies,
 )
-from beatmap_fid.extractors.base import Extractor
+from beatmap_fid.extractors.base import Extractor, map_id
+from beatmap_fid.metrics.fid_uncertainty import sample_warnings, split_half_fid
 
 REPORT_METRICS = ("fid", "fid_ci", "kid", "prdc")
 """Metrics of the report when none are named (plus rhythm when it applies); FD∞ always."""
@@ -89,11 +96,6 @@ class ReportResult:
     json_path: Path
     html_path: Path
     data: dict[str, Any]
-
-
-def map_id(item_id: str) -> str:
-    """The source file of an item id: the part before ``#`` (``file#k`` → ``file``)."""
-    return item_id.split("#", 1)[0]
 
 
 def real_gaussian_distances(
@@ -311,6 +313,16 @@ def build_report(
 
     x, y = real_side.vectors, gen_side.vectors
     contributions, real_distance = map_contributions(x, y, gen_side.ids)
+    warnings_found = sample_warnings(
+        x.shape[1],
+        real=(len(x), real_side.summary.n_sources),
+        generated=(len(y), gen_side.summary.n_sources),
+    )
+    split_half = None
+    try:
+        split_half = split_half_fid(x, real_side.ids, seed=seed).to_dict()
+    except InputError as err:
+        notes["split_half"] = str(err)
     stages.update()
 
     curves = []
@@ -362,6 +374,8 @@ def build_report(
         "generated": _side_dict(gen_side),
         "metrics": values,
         "notes": notes,
+        "warnings": warnings_found,
+        "split_half": split_half,
         "fd_inf_curves": [
             {
                 "seed": int(options.get("fd_inf", {}).get("seed", 0)) + index,
@@ -449,6 +463,8 @@ figure { margin: 0; background: #fff; border: 1px solid #e2e8f0; border-radius: 
 figcaption { color: #4a5568; font-size: 0.85em; margin-top: 4px; width: 0; min-width: 100%; }
 img { display: block; max-width: 100%; }
 .note { color: #975a16; font-size: 0.9em; }
+.warning { color: #9b2c2c; background: #fff5f5; border: 1px solid #feb2b2; border-radius: 6px;
+  padding: 6px 10px; margin: 8px 0; }
 code { background: #edf2f7; padding: 0 3px; border-radius: 3px; }
 """
 
@@ -600,6 +616,15 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
             else ""
         )
         cards.append(_card("FID", _number(metrics["fid"]), detail))
+    split = data.get("split_half")
+    if split:
+        cards.append(
+            _card(
+                "FID real vs real",
+                _number(split["fid_mean"]),
+                f"two halves of the real maps, ± {_number(split['fid_std'])}",
+            )
+        )
     if "fd_inf" in metrics:
         cards.append(_card("FD∞", _number(metrics["fd_inf"]), "FID at N → ∞"))
     if "kid" in metrics:
@@ -623,6 +648,19 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
         f'<p class="note">{html.escape(name)} not computed: {html.escape(text)}</p>'
         for name, text in data["notes"].items()
     )
+    warnings_html = "".join(
+        f'<p class="warning">Warning: {html.escape(text)}</p>' for text in data.get("warnings", [])
+    )
+    scale_html = ""
+    if split:
+        scale_html = (
+            f"<p>Scale for reading FID: two random halves of the real set, split by map "
+            f"({split['n_maps']} maps, {len(split['fids'])} splits), are FID "
+            f"<b>{_number(split['fid_mean'])}</b> ± {_number(split['fid_std'])} apart. Only "
+            "sampling differs between them, so a generated set near this value is as close "
+            "to the real maps as they are to themselves (each half has half the vectors, so "
+            "this value carries about twice the small-sample bias of the full set).</p>"
+        )
     contributions = data["contributions"]["maps"]
     contribution_rows = "".join(
         f"<tr><td class='num'>{rank}</td><td>{html.escape(c['map'])}</td>"
@@ -676,12 +714,14 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
 <div class="meta">beatmap_fid {html.escape(data["library_version"])} · extractor
 <code>{html.escape(str(real.get("extractor")))}</code> (config {html.escape(str(real.get("config_hash")))})
 · {html.escape(data["created"])}</div>
+{warnings_html}
 <div class="cards">{"".join(cards)}</div>
 <h2>Sets</h2>
 <table><tr><th></th><th>source</th><th>files</th><th>vectors</th><th>skipped</th></tr>
 {_side_row("real", real)}{_side_row("generated", gen)}</table>
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>value</th><th>uncertainty</th><th>meaning</th></tr>{metric_rows}</table>
+{scale_html}
 {notes}
 {_rhythm_section(data.get("rhythm"))}
 <h2>Figures</h2>

@@ -1,7 +1,8 @@
 """HDF5 embedding stores: one file holds the vectors of one extractor configuration.
 
 A store holds float32 ``vectors`` (N × D), a UTF-8 id per row, optional labels, a fingerprint
-of the inputs behind each row, and file attributes naming the extractor, its configuration and
+of the inputs behind each row, the beatmap events each row's window holds (0 for an empty
+window, −1 where not counted), and file attributes naming the extractor, its configuration and
 hash, the library version and the format version. The full format is documented in
 ``embeddings/README.md``.
 
@@ -85,9 +86,12 @@ _V2_DATASETS = (
     "labels_bytes",
     "labels_ends",
     "fingerprints",
+    "n_events",
     "commits",
     "n_commits",
 )
+NOT_COUNTED = -1
+"""``n_events`` of rows whose events were not counted."""
 
 
 def canonical_config_json(config: dict[str, Any]) -> str:
@@ -101,11 +105,17 @@ def vector_chunk_rows(dim: int) -> int:
 
 
 def batch_checksums(
-    vectors: np.ndarray, ids: Sequence[str], labels: Sequence[str], prints: Sequence[str]
+    vectors: np.ndarray,
+    ids: Sequence[str],
+    labels: Sequence[str],
+    prints: Sequence[str],
+    n_events: Sequence[int],
 ) -> tuple[int, int]:
-    """Checksums of one committed batch: of its float32 vector bytes, and of its strings."""
+    """Checksums of one committed batch: of its float32 vector bytes, and of its other
+    columns (ids, labels, fingerprints, event counts) as text."""
     vector_sum = hashlib.blake2b(np.ascontiguousarray(vectors, "<f4").tobytes(), digest_size=8)
-    strings = "\x1e".join(["\x1f".join(ids), "\x1f".join(labels), "".join(prints)])
+    counts = ",".join(str(int(count)) for count in n_events)
+    strings = "\x1e".join(["\x1f".join(ids), "\x1f".join(labels), "".join(prints), counts])
     string_sum = hashlib.blake2b(strings.encode("utf-8"), digest_size=8)
     return int.from_bytes(vector_sum.digest(), "little"), int.from_bytes(
         string_sum.digest(), "little"
@@ -402,13 +412,13 @@ def _committed_rows(file: h5py.File, path: Path) -> tuple[int, int]:
                 f"holds {commits.shape[0]}"
             )
         n_rows = int(commits[n_commits - 1, 0]) if n_commits else 0
-        row_datasets = ("vectors", "ids_ends", "labels_ends", "fingerprints")
+        row_datasets = ("vectors", "ids_ends", "labels_ends", "fingerprints", "n_events")
     else:
         n_commits = 0
         if "n_rows" not in file.attrs:
             raise StoreError(f"{path} is malformed: attribute 'n_rows' is missing")
         n_rows = int(file.attrs["n_rows"])
-        row_datasets = ("vectors", "ids", "labels")
+        row_datasets = ("vectors", "ids", "labels", "n_events")
     for name in row_datasets:
         if name in file and file[name].shape[0] < n_rows:
             raise StoreError(
@@ -467,6 +477,7 @@ class EmbeddingStore:
         self._ids: np.ndarray | None = None
         self._labels: np.ndarray | None = None
         self._fingerprints: np.ndarray | None = None
+        self._n_events: np.ndarray | None = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -518,6 +529,19 @@ class EmbeddingStore:
             else:
                 self._fingerprints = np.full(self._n_rows, "", dtype=object)
         return self._fingerprints
+
+    @property
+    def n_events(self) -> np.ndarray | None:
+        """Beatmap events per row, int32 (0: an empty window; −1: not counted), or None when
+        no row was counted (see :attr:`beatmap_fid.extractors.base.Item.n_events`)."""
+        if self._n_events is None:
+            if "n_events" not in self._file:
+                return None
+            counts = self._file["n_events"][: self._n_rows].astype(np.int32)
+            if not (counts != NOT_COUNTED).any():
+                return None
+            self._n_events = counts
+        return self._n_events
 
     @property
     def commits(self) -> np.ndarray:
@@ -668,6 +692,18 @@ def _validated_labels(labels: Iterable[str | None], n: int) -> list[str]:
     return out
 
 
+def _validated_counts(counts: Iterable[int | None], n: int) -> np.ndarray:
+    out = list(counts)
+    if len(out) != n:
+        raise InputError(f"{len(out)} event counts for {n} ids; pass one count (or None) per id")
+    for count in out:
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0
+        ):
+            raise InputError(f"event counts must be non-negative ints or None, got {count!r}")
+    return np.array([NOT_COUNTED if c is None else c for c in out], dtype=np.int32)
+
+
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
@@ -801,6 +837,13 @@ class StoreWriter:
                     chunks=(ROW_CHUNK_ROWS,),
                 )
                 file.create_dataset(
+                    "n_events",
+                    shape=(0,),
+                    maxshape=(None,),
+                    dtype=np.int32,
+                    chunks=(ROW_CHUNK_ROWS,),
+                )
+                file.create_dataset(
                     "commits",
                     shape=(0, 3),
                     maxshape=(None, 3),
@@ -882,13 +925,15 @@ class StoreWriter:
         vectors: Any,
         labels: Iterable[str | None] | None = None,
         fingerprints: Iterable[str | None] | None = None,
+        n_events: Iterable[int | None] | None = None,
     ) -> int:
         """Write the rows that are new and commit them; the number of rows written.
 
         A row is skipped when its id is stored already, unless it carries a fingerprint that
         differs from the stored one: then the new row supersedes the stored row. Repeats
-        within the batch after their first occurrence are skipped. A batch with a NaN or
-        infinite vector is rejected whole (NonFiniteError).
+        within the batch after their first occurrence are skipped. ``n_events``: the beatmap
+        events of each item (None where not counted). A batch with a NaN or infinite vector
+        is rejected whole (NonFiniteError).
         """
         if self._broken:
             raise StoreError(f"{self.path}: this writer stopped after an error; open a new one")
@@ -899,6 +944,11 @@ class StoreWriter:
             [""] * len(ids)
             if fingerprints is None
             else _validated_fingerprints(fingerprints, len(ids))
+        )
+        counts = (
+            np.full(len(ids), NOT_COUNTED, np.int32)
+            if n_events is None
+            else _validated_counts(n_events, len(ids))
         )
         finite = np.isfinite(array).all(axis=1)
         if not finite.all():
@@ -921,6 +971,7 @@ class StoreWriter:
             array[keep],
             [label_list[row] for row in keep],
             [print_list[row] for row in keep],
+            counts[keep],
         )
         return len(keep)
 
@@ -956,7 +1007,12 @@ class StoreWriter:
             os.ftruncate(self._reserve_fd, end)
 
     def _write(
-        self, ids: list[str], vectors: np.ndarray, labels: list[str], prints: list[str]
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        labels: list[str],
+        prints: list[str],
+        counts: np.ndarray,
     ) -> None:
         start, stop = self._n_rows, self._n_rows + len(ids)
         encoded = {"ids": _encoded(ids), "labels": _encoded(labels)}
@@ -964,7 +1020,7 @@ class StoreWriter:
             2 * (vectors.nbytes + sum(blob.nbytes + ends.nbytes for blob, ends in encoded.values()))
             + RESERVE_MARGIN
         )
-        vector_sum, string_sum = batch_checksums(vectors, ids, labels, prints)
+        vector_sum, string_sum = batch_checksums(vectors, ids, labels, prints, counts)
         file, data = self._file, self._datasets
         try:
             _grow(data["vectors"], stop)
@@ -978,6 +1034,8 @@ class StoreWriter:
                 data[f"{column}_ends"][start:stop] = base + ends
             _grow(data["fingerprints"], stop)
             data["fingerprints"][start:stop] = np.array(prints, dtype=_FINGERPRINT)
+            _grow(data["n_events"], stop)
+            data["n_events"][start:stop] = counts
             _grow(data["commits"], self._n_commits + 1)
             data["commits"][self._n_commits] = (stop, vector_sum, string_sum)
             file.flush()  # the batch is on disk before the count that makes it visible
@@ -1043,7 +1101,7 @@ def _copy_rows(store: EmbeddingStore, writer: StoreWriter, keep: np.ndarray | No
 
     Ids the writer holds already are skipped, whatever their fingerprints.
     """
-    ids, labels, prints = store.ids, store.labels, store.fingerprints
+    ids, labels, prints, counts = store.ids, store.labels, store.fingerprints, store.n_events
     new = np.fromiter((item_id not in writer for item_id in ids), dtype=bool, count=len(ids))
     keep = new if keep is None else keep & new
     for start, block in store.iter_blocks():
@@ -1055,6 +1113,7 @@ def _copy_rows(store: EmbeddingStore, writer: StoreWriter, keep: np.ndarray | No
             block[rows - start],
             None if labels is None else labels[rows],
             [value or None for value in prints[rows]],
+            None if counts is None else [c if c >= 0 else None for c in counts[rows].tolist()],
         )
 
 

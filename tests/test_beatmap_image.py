@@ -97,8 +97,7 @@ def test_extractor_embeds_synthetic_maps(synthetic_beatmaps: Path, tmp_path: Pat
         "beatmap-image",
         tmp_path / "img.h5",
         progress=False,
-        device="cpu",
-        num_workers=0,
+        extractor_options={"device": "cpu", "num_workers": 0},
     )
     assert result.written == result.n_items > 6
     with EmbeddingStore(tmp_path / "img.h5") as store:

@@ -189,6 +189,38 @@ def test_report_writes_json_and_a_self_contained_html(synthetic_report, sets):
     assert data["rhythm"]["active"]["precision"] == metrics["active_precision"]
 
 
+def test_report_warns_and_shows_the_real_split_half_scale(synthetic_report, sets, capsys):
+    """6 maps of 4 windows a side: too few vectors and maps, said in JSON, HTML and CLI text;
+    the scale is the FID between halves of the real maps, maps kept whole."""
+    from beatmap_fid.metrics.fid_uncertainty import sample_warnings, split_half_fid
+    from beatmap_fid.store import EmbeddingStore
+
+    data = json.loads((synthetic_report / "report.json").read_text(encoding="utf-8"))
+    page = (synthetic_report / "report.html").read_text(encoding="utf-8")
+    sides = {k: (data[k]["n_vectors"], data[k]["n_sources"]) for k in ("real", "generated")}
+    assert sides["real"][1] == N_MAPS
+    assert data["warnings"] == sample_warnings(104, **sides) and len(data["warnings"]) == 4
+    for warning in data["warnings"]:
+        assert f"Warning: {warning}".replace("'", "&#x27;") in page
+    store = store_path_for(sets["real"], build_extractor("descriptors"), sets["stores"])
+    with EmbeddingStore(store) as opened:
+        vectors, ids = opened.vectors(), opened.ids
+    expected = split_half_fid(vectors, ids)
+    assert data["split_half"]["fids"] == pytest.approx(expected.fids, rel=1e-12)
+    assert data["split_half"]["n_maps"] == N_MAPS
+    assert "FID real vs real" in page and f"{expected.mean:.4g}" in page
+    # the CLI prints both
+    out = sets["root"] / "cli_report_text"
+    args = parser().parse_args(
+        ["report", str(sets["real"]), str(sets["gen"]), "-o", str(out), "--projection", "pca",
+         "--metrics", "fid", "--seeds", "1", "--store-dir", str(sets["stores"]), "--quiet"]
+    )  # fmt: skip
+    assert args.run(args) == 0
+    text = capsys.readouterr().out
+    assert all(f"warning: {warning}" in text for warning in data["warnings"])
+    assert f"FID real vs real (two halves of the real maps): {expected.mean:.4g}" in text
+
+
 def test_report_verb_prints_json(sets, capsys):
     out = sets["root"] / "cli_report"
     args = parser().parse_args(
@@ -201,6 +233,7 @@ def test_report_verb_prints_json(sets, capsys):
     assert printed["html"] == str(out / "report.html") and (out / "report.html").is_file()
     assert {"fid", "kid", "fd_inf"} <= printed["metrics"].keys()
     assert "fid_low" not in printed["metrics"]
+    assert len(printed["warnings"]) == 4 and printed["split_half"]["n_maps"] == N_MAPS
 
 
 @pytest.fixture(scope="module")

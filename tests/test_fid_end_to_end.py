@@ -105,6 +105,44 @@ def test_cli_fid_json_on_bundled_examples(tmp_path: Path, capsys: pytest.Capture
     assert json.loads(capsys.readouterr().out)["fd"] == pytest.approx(result["fid"], rel=1e-9)
 
 
+def test_fid_warns_about_small_sets_in_the_result_text_and_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The bundled examples hold 8 maps and 56 windows a side, for 104 descriptor dimensions."""
+    from beatmap_fid.metrics.fid_uncertainty import sample_warnings
+
+    result = compute_fid(
+        EXAMPLES / "real", EXAMPLES / "generated", store_dir=tmp_path, progress=False
+    )
+    sides = {
+        name: (side.n_vectors, side.n_sources)
+        for name, side in (("real", result.real), ("generated", result.generated))
+    }
+    assert sides == {"real": (56, 8), "generated": (56, 8)}
+    assert result.warnings == sample_warnings(104, **sides)
+    assert len(result.warnings) == 4
+    assert "56 vectors for 104 dimensions" in result.warnings[0]
+    assert "only 8 map(s)" in result.warnings[1]
+    folders = [str(EXAMPLES / "real"), str(EXAMPLES / "generated"), "--store-dir", str(tmp_path)]
+    assert main(["fid", *folders, "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"warning: {warning}" in text for warning in result.warnings)
+    assert main(["fid", *folders, "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == result.warnings
+
+
+def test_sample_warnings_name_what_is_too_small() -> None:
+    from beatmap_fid.metrics.fid_uncertainty import FEW_MAPS, sample_warnings
+
+    assert sample_warnings(104, real=(5000, 300), generated=(105, FEW_MAPS)) == []
+    assert sample_warnings(104, real=(None, None), generated=(400, None)) == []
+    (few_vectors,) = sample_warnings(104, generated=(104, 50))
+    assert "104 vectors for 104 dimensions" in few_vectors and "rank at most 103" in few_vectors
+    (few_maps,) = sample_warnings(8, real=(500, FEW_MAPS - 1))
+    assert f"only {FEW_MAPS - 1} map(s)" in few_maps
+    assert sample_warnings(8, real=(9, 9)) == []  # items that are not windows of maps
+
+
 def _real_standard_maps(shared_data: Path, destination: Path, limit: int) -> Path:
     """Copy up to ``limit`` osu!standard song folders (maps and audio) into ``destination``."""
     songs = sorted((shared_data / "beatmaps" / "songs").iterdir())

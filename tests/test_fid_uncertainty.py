@@ -86,11 +86,11 @@ def test_group_moments_resample_like_repeated_rows():
     rng = np.random.default_rng(2)
     features = rng.standard_normal((50, 3)) * [1.0, 2.0, 3.0] + 5.0
     for n_groups in (50, 7):
-        moments = _group_moments(features, n_groups, np.random.default_rng(0))
+        labels = np.random.default_rng(0).permutation(50) % n_groups
+        moments = _group_moments(features, labels, n_groups)
         draws = rng.integers(0, 3, size=(4, n_groups)).astype(np.float64)
         draws[:, 0] += 1  # at least two rows
         means, covariances = moments.resample(draws)
-        labels = np.random.default_rng(0).permutation(50) % n_groups
         for r in range(4):
             rows = np.concatenate(
                 [np.repeat(np.flatnonzero(labels == g), int(c)) for g, c in enumerate(draws[r])]
@@ -195,3 +195,108 @@ def test_interval_on_a_torch_device_matches_the_batched_numpy_route():
     batched = fid_confidence_interval(real, fake, n_resamples=50)
     one_by_one = fid_confidence_interval(real, fake, n_resamples=50, device="cpu")
     assert one_by_one.as_dict() == pytest.approx(batched.as_dict(), rel=1e-9)
+
+
+# --- maps as resampling units ----------------------------------------------------------------
+
+
+def clustered_pair(rng, n_maps, dim, icc, scale, shift):
+    """Windows of maps (4–30 each) with intra-map correlation ``icc``; ids ``map<m>#<k>``.
+    Windows are N(0, I) for the real set and N(shift, scale²I) for the generated one."""
+    sides = []
+    for side_scale, side_shift in ((1.0, 0.0), (scale, shift)):
+        sizes = rng.integers(4, 31, n_maps)
+        maps = np.repeat(np.arange(n_maps), sizes)
+        centres = rng.standard_normal((n_maps, dim)) * np.sqrt(icc)
+        noise = rng.standard_normal((len(maps), dim)) * np.sqrt(1.0 - icc)
+        ids = [f"map{m}#{k}" for m, size in enumerate(sizes) for k in range(size)]
+        sides += [side_scale * (centres[maps] + noise) + side_shift, ids]
+    return sides
+
+
+def test_bootstrap_of_whole_maps_covers_where_the_window_bootstrap_does_not():
+    """Correlated windows of 40 maps a side: resampling maps keeps the nominal 95 %, resampling
+    windows as if independent gives far too narrow intervals (benchmarks/bench_fid_coverage.py
+    has the full table)."""
+    rng = np.random.default_rng(11)
+    target = true_fd(6, 1.3, 0.3)
+    hits = {"maps": 0, "windows": 0}
+    trials = 100
+    with threadpool_limits(1):
+        for trial in range(trials):
+            real, real_ids, fake, fake_ids = clustered_pair(rng, 40, 6, 0.5, 1.3, 0.3)
+            by_map = fid_confidence_interval(
+                real, fake, seed=trial, real_ids=real_ids, generated_ids=fake_ids
+            )
+            by_window = fid_confidence_interval(real, fake, seed=trial)
+            assert by_map.units == ("maps", "maps") and by_window.units == ("rows", "rows")
+            assert by_map.estimate == pytest.approx(by_window.estimate, rel=1e-9)
+            hits["maps"] += by_map.low <= target <= by_map.high
+            hits["windows"] += by_window.low <= target <= by_window.high
+    assert hits["maps"] / trials >= 0.9
+    assert hits["windows"] / trials <= 0.6
+
+
+def test_stores_resample_their_maps_and_one_map_is_refused(tmp_path):
+    rng = np.random.default_rng(12)
+    real, real_ids, fake, fake_ids = clustered_pair(rng, 12, 4, 0.5, 1.2, 0.2)
+    paths = []
+    for name, vectors, ids in (("real", real, real_ids), ("fake", fake, fake_ids)):
+        path = tmp_path / f"{name}.h5"
+        with StoreWriter(path, "test-extractor", {"v": 1}, 4) as writer:
+            writer.append(ids, vectors.astype(np.float32))
+        paths.append(path)
+    from_stores = fid_confidence_interval(*paths, n_resamples=50)
+    with_ids = fid_confidence_interval(
+        real.astype(np.float32),
+        fake.astype(np.float32),
+        n_resamples=50,
+        real_ids=real_ids,
+        generated_ids=fake_ids,
+    )
+    assert from_stores == with_ids
+    assert from_stores.units == ("maps", "maps") and from_stores.groups == (12, 12)
+    pooled = fid_confidence_interval(*paths, n_resamples=50, groups=5)
+    assert pooled.groups == (5, 5) and pooled.units == ("maps", "maps")
+    one_map = [f"only.osu#{k}" for k in range(len(fake))]
+    with pytest.raises(InsufficientSamplesError, match="single map"):
+        fid_confidence_interval(real, fake, real_ids=real_ids, generated_ids=one_map)
+    with pytest.raises(InputError, match="ids for"):
+        fid_confidence_interval(real, fake, real_ids=real_ids[:-1])
+
+
+def test_groups_of_maps_never_split_a_map():
+    from beatmap_fid.metrics.fid_uncertainty import _resampling_groups
+
+    ids = [f"m{m}#{k}" for m in range(30) for k in range(m % 5 + 1)]
+    labels, n_groups, unit = _resampling_groups(
+        "real", (len(ids), 3), ids, 7, np.random.default_rng(0)
+    )
+    assert unit == "maps" and n_groups == 7 and set(labels) == set(range(7))
+    maps = np.array([i.split("#")[0] for i in ids])
+    for name in set(maps):
+        assert len(set(labels[maps == name])) == 1
+
+
+def test_split_half_fid_keeps_maps_whole():
+    """With 4 maps there are 3 ways to deal 2 maps to each half; every split FID is one of
+    them (dealing out windows would almost never give these values)."""
+    from itertools import combinations
+
+    from beatmap_fid.metrics.fid_uncertainty import split_half_fid
+
+    rng = np.random.default_rng(13)
+    maps = np.repeat(np.arange(4), 15)
+    x = rng.standard_normal((4, 3))[maps] * 3 + rng.standard_normal((60, 3))
+    ids = [f"m{m}#{k}" for m, k in zip(maps, np.tile(np.arange(15), 4))]
+    result = split_half_fid(x, ids, n_splits=12, seed=1)
+    possible = [
+        frechet_distance(x[np.isin(maps, pair)], x[~np.isin(maps, pair)], device="numpy")
+        for pair in combinations(range(4), 2)
+    ]
+    for value in result.fids:
+        assert min(abs(value - p) for p in possible) < 1e-9 * max(possible)
+    assert result.n_maps == 4 and result.mean == pytest.approx(np.mean(result.fids))
+    assert split_half_fid(x, n_splits=3).n_maps == 60  # without ids every row is a map
+    with pytest.raises(InsufficientSamplesError, match="2 maps"):
+        split_half_fid(x, ["one#0"] * 60)

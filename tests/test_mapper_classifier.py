@@ -551,6 +551,7 @@ def test_extractor_windows_labels_and_embeddings(shared_data, tiny_checkpoint):
             payload.tokens, _reference_tokens(beatmap, start, settings, extractor.tokenizer)
         )
     assert any((item.payload.tokens > 0).sum() > 10 for item in first_map)
+    assert all(item.n_events == int((item.payload.tokens != 0).sum()) for item in items)
 
     payloads = [item.payload for item in first_map]
     vectors = extractor.embed(payloads)

@@ -115,6 +115,31 @@ def test_labels_absent_until_a_row_has_one(tmp_path):
         assert store.labels.tolist() == ["", "", "late"]
 
 
+def test_event_counts_are_stored_once_some_row_has_one_and_survive_resume_and_merge(tmp_path):
+    path = tmp_path / "store.h5"
+    with StoreWriter(path, "tiny", CONFIG, 3) as writer:
+        writer.append(["a", "b"], _vectors(2, 3))
+    with EmbeddingStore(path) as store:
+        assert store.n_events is None
+    with StoreWriter(path, "tiny", CONFIG, 3) as writer:
+        writer.append(["c", "d", "a"], _vectors(3, 3, seed=1), n_events=[0, None, 9])
+        writer.append(["e"], _vectors(1, 3, seed=2))
+        writer.append(["f"], _vectors(1, 3, seed=3), n_events=[np.int64(4)])
+        with pytest.raises(InputError, match="non-negative ints"):
+            writer.append(["g"], _vectors(1, 3), n_events=[-1])
+        with pytest.raises(InputError, match="2 event counts for 1 ids"):
+            writer.append(["g"], _vectors(1, 3), n_events=[1, 2])
+    with EmbeddingStore(path) as store:
+        assert store.ids.tolist() == ["a", "b", "c", "d", "e", "f"]
+        assert store.n_events.tolist() == [-1, -1, 0, -1, -1, 4]
+        assert store.n_events.dtype == np.int32
+    other = tmp_path / "other.h5"
+    _write(other, ["x"], _vectors(1, 3, seed=4))
+    merged = merge_stores([other, path], tmp_path / "merged.h5")
+    with EmbeddingStore(merged) as store:
+        assert store.n_events.tolist() == [-1, -1, -1, 0, -1, -1, 4]
+
+
 @pytest.mark.parametrize("dim", [1, 100, 2048, 300_000])
 def test_vectors_chunks_are_whole_rows_of_about_one_mib(tmp_path, dim):
     path = tmp_path / "store.h5"
@@ -620,7 +645,10 @@ def test_commits_record_checksums_of_each_batch(tmp_path):
     assert commits[:, 0].tolist() == [2, 3]
     for (ids, vectors, labels), row in zip(batches, commits):
         labels = labels or [""] * len(ids)
-        assert tuple(row[1:].tolist()) == batch_checksums(vectors, ids, labels, [""] * len(ids))
+        blank = [""] * len(ids)
+        assert tuple(row[1:].tolist()) == batch_checksums(
+            vectors, ids, labels, blank, [-1] * len(ids)
+        )
 
 
 @pytest.fixture

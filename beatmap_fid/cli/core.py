@@ -122,6 +122,7 @@ def _run_fid(args: argparse.Namespace) -> int:
     for name in ("real", "generated"):
         for skip in result[name]["skipped"]:
             lines.append(f"  skipped ({name}) {skip['source']}: {skip['reason']}")
+    lines += [f"warning: {text}" for text in result["warnings"]]
     emit(args, result, "\n".join(lines))
     return 0
 

@@ -34,6 +34,12 @@ def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
             else ""
         )
         lines.append(f"FID: {_format(metrics['fid'])}{interval}")
+    split = data.get("split_half")
+    if split:
+        lines.append(
+            f"FID real vs real (two halves of the real maps): {_format(split['fid_mean'])} "
+            f"± {_format(split['fid_std'])}, the scale for reading FID"
+        )
     if "fd_inf" in metrics:
         lines.append(f"FD∞: {_format(metrics['fd_inf'])}")
     if "kid" in metrics:
@@ -49,6 +55,7 @@ def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
         )
     for name, note in data["notes"].items():
         lines.append(f"{name} not computed: {note}")
+    lines += [f"warning: {text}" for text in data["warnings"]]
     maps = data["contributions"]["maps"][:top]
     if maps:
         real_d2 = data["contributions"]["real_mean_distance"]
@@ -91,6 +98,8 @@ def _run_report(args: argparse.Namespace) -> int:
         "html": str(result.html_path),
         "metrics": result.data["metrics"],
         "notes": result.data["notes"],
+        "warnings": result.data["warnings"],
+        "split_half": result.data["split_half"],
         "top_contributors": result.data["contributions"]["maps"][: args.top],
     }
     emit(args, summary, _report_text(result.data, result.html_path, min(args.top, 5)))

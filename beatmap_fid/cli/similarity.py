@@ -3,7 +3,7 @@
 ``beatmap-fid index STORE.h5 -o X.faiss``     build a self-tuned FAISS index of a store
 ``beatmap-fid search X.faiss QUERY... -k 10``  nearest items of ids in the index or of files
 ``beatmap-fid knn STORE.h5 --eval loo``        duplicate- and group-aware k-NN evaluation
-``beatmap-fid nearest GEN.h5 REAL.h5``         generated items closest to real ones (copies)
+``beatmap-fid nearest GEN REAL``               generated maps closest to real ones (copies)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from beatmap_fid.cli.core import add_extractor_arguments, extractor_options_from
 from beatmap_fid.cli.output import add_json_flag, emit
 from beatmap_fid.errors import InputError
 
@@ -170,7 +171,7 @@ def _run_knn(args: argparse.Namespace) -> int:
                 "no stored id has a label: check that the label file uses the store's ids"
             )
         vectors = store.vectors(np.flatnonzero(labelled))
-    groups = None
+    groups: list[str] | str | None = None if args.group_by == "none" else "map"
     if args.groups:
         mapping = read_id_mapping(args.groups, "group")
         missing = [i for i in ids[labelled] if i not in mapping]
@@ -183,6 +184,7 @@ def _run_knn(args: argparse.Namespace) -> int:
     report = evaluate_knn(
         vectors,
         labels[labelled].astype(str),
+        ids=ids[labelled],
         method=args.eval,
         n_neighbors=args.k,
         weights=args.weights,
@@ -211,19 +213,50 @@ def _run_knn(args: argparse.Namespace) -> int:
 
 
 def _run_nearest(args: argparse.Namespace) -> int:
-    from beatmap_fid.knn import memorisation_scores
-    from beatmap_fid.store import open_store
+    from beatmap_fid.evaluate import load_sides
+    from beatmap_fid.knn import map_memorisation_scores, memorisation_scores, window_events
+    from beatmap_fid.store import EmbeddingStore
 
-    with open_store(args.generated) as generated, open_store(args.real) as real:
-        for store in (generated, real):
-            if len(store) == 0:
-                raise InputError(f"store {store.path} holds no vectors")
-        report = memorisation_scores(
-            generated, real, k=args.k, metric=args.metric, threshold=args.threshold
-        )
+    real_side, gen_side = load_sides(
+        args.real,
+        args.generated,
+        args.extractor,
+        store_dir=args.store_dir,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        extractor_options=extractor_options_from(args.option),
+    )
+    inputs = {}
+    for name, side in (("generated", gen_side), ("real", real_side)):
+        ids = [str(i) for i in side.ids]
+        events = None
+        if side.summary.store_path:  # event counts recorded beside the vectors
+            with EmbeddingStore(side.summary.store_path) as store:
+                events = window_events(store, ids)
+        inputs[name] = (side.vectors, ids, events)
+    (gen_v, gen_ids, gen_events), (real_v, real_ids, real_events) = inputs.values()
+    common = {
+        "metric": args.metric,
+        "threshold": args.threshold,
+        "generated_ids": gen_ids,
+        "real_ids": real_ids,
+        "generated_events": gen_events,
+        "real_events": real_events,
+    }
+    if args.windows:
+        report = memorisation_scores(gen_v, real_v, k=args.k, **common)
+    else:
+        report = map_memorisation_scores(gen_v, real_v, **common)
     result = report.to_dict(top=args.top)
     result.update(generated=args.generated, real=args.real)
-    emit(args, result, report.to_text(top=args.top))
+    text = report.to_text(top=args.top)
+    for name, side in (("generated", gen_side), ("real", real_side)):
+        result[f"{name}_skipped"] = [
+            {"source": s.source, "reason": s.reason} for s in side.summary.skipped.entries
+        ]
+        if side.summary.skipped:
+            text += f"\n{name}: {side.summary.skipped.summary()}"
+    emit(args, result, text)
     return 0
 
 
@@ -271,12 +304,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     knn = subparsers.add_parser(
         "knn",
         help="k-NN classification accuracy of a store's labels",
-        description="Leave-one-out or k-fold k-NN evaluation that keeps exact duplicates (and "
-        "groups) of a query out of its neighbours. Rows without a label are left out.",
+        description="Leave-one-out or k-fold k-NN evaluation that keeps exact duplicates and "
+        "the other windows of a query's map (the id before '#') out of its neighbours, and "
+        "reports the naive figure (windows of one map voting for each other) beside it. Rows "
+        "without a label are left out.",
     )
     knn.add_argument("store", help="embedding store (.h5)")
     knn.add_argument("--labels", help="CSV (id,label) or JSON ({id: label}); default: the store's")
-    knn.add_argument("--groups", help="CSV (id,group) or JSON; rows of a group are kept together")
+    knn.add_argument(
+        "--group-by",
+        choices=("map", "none"),
+        default="map",
+        help="keep windows of one map together (map, default) or not (none: naive)",
+    )
+    knn.add_argument("--groups", help="CSV (id,group) or JSON: your own groups instead of maps")
     knn.add_argument("--eval", choices=("loo", "kfold"), default="loo", help="method (loo)")
     knn.add_argument("-k", type=int, default=5, help="neighbours (5)")
     knn.add_argument("--weights", choices=WEIGHTS, default="uniform", help="votes (uniform)")
@@ -293,15 +334,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     nearest = subparsers.add_parser(
         "nearest",
-        help="generated items suspiciously close to real ones",
-        description="For each generated item, its nearest real items and a memorisation score: "
-        "distance to the nearest real item divided by that item's own nearest-real distance "
-        "(below 1: closer than any other real item; near 0: a copy). Most suspicious first.",
+        help="generated maps suspiciously close to real ones (copies)",
+        description="For each generated map, the real map it sits nearest and a memorisation "
+        "score: the mean distance of its windows to the nearest real window, divided by the "
+        "same for that real map against the other real maps (about 1: as new as a real map; "
+        "near 0: a copy). Windows without beatmap events (breaks, intros) are left out. Most "
+        "suspicious first. --windows scores single windows instead.",
     )
-    nearest.add_argument("generated", help="store of generated items (.h5)")
-    nearest.add_argument("real", help="store of real items (.h5)")
-    nearest.add_argument("--top", type=int, default=20, help="items to list (20)")
-    nearest.add_argument("-k", type=int, default=5, help="real neighbours per item (5)")
+    nearest.add_argument("generated", help="generated maps: folder, files or a store (.h5)")
+    nearest.add_argument("real", help="real maps: folder, files or a store (.h5)")
+    add_extractor_arguments(nearest)
+    nearest.add_argument("--store-dir", default=None, help="where stores of folders are kept")
+    nearest.add_argument("--windows", action="store_true", help="score windows, not maps")
+    nearest.add_argument("--top", type=int, default=20, help="maps (windows) to list (20)")
+    nearest.add_argument("-k", type=int, default=5, help="with --windows: real neighbours (5)")
     nearest.add_argument("--metric", choices=("l2", "cosine"), default="l2", help="distance (l2)")
     nearest.add_argument("--threshold", type=float, default=0.5, help="flag scores below (0.5)")
     add_json_flag(nearest)

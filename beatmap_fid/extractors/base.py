@@ -26,14 +26,32 @@ from beatmap_fid.errors import ExtractorError, SkipLog, SourceError
 
 @dataclass(frozen=True)
 class Item:
-    """One unit to embed: a stable id, the payload ``embed`` takes, an optional label, and the
-    files its vector is computed from (``sources``: hashed into the row's fingerprint, so a
-    changed file is embedded again)."""
+    """One unit to embed: a stable id, the payload ``embed`` takes, an optional label, the
+    files its vector is computed from, and for windows of beatmaps how many beatmap events the
+    window holds.
+
+    ``sources`` are hashed into the row's fingerprint, so a changed file is embedded again.
+    ``n_events`` is counted by the extractor that cut the window (hit objects, or event tokens
+    for token-based models) and stored beside the vector: 0 marks an empty window (a break,
+    an intro, an outro), whose vector says nothing about mapping; None means not counted
+    (images, audio).
+    """
 
     id: str
     payload: Any
     label: str | None = None
     sources: tuple[Path, ...] = ()
+    n_events: int | None = None
+
+
+def map_id(item_id: str) -> str:
+    """The source file of an item id. Windows of one beatmap are ``file#0``, ``file#1``, ...;
+    they are correlated and must count as one map whenever samples are assumed independent
+    (evaluation splits, bootstraps). The window number is what follows the last ``#`` (file
+    names may hold ``#`` themselves); ids without a window number are their own map."""
+    item_id = str(item_id)
+    head, sep, tail = item_id.rpartition("#")
+    return head if sep and tail.isdigit() else item_id
 
 
 @runtime_checkable

@@ -190,6 +190,7 @@ class BeatmapImageExtractor:
                 ),
                 item.label,
                 item.sources,
+                item.n_events,
             )
             for item in self.windows.beatmap_items(beatmap_file, skipped)
         ]

@@ -774,7 +774,13 @@ class DescriptorExtractor:
         if self.use_audio and beatmap_file.audio_path is not None:
             sources += (beatmap_file.audio_path,)
         return [
-            Item(f"{beatmap_file.id}#{index}", window, beatmap_file.creator, sources)
+            Item(
+                f"{beatmap_file.id}#{index}",
+                window,
+                beatmap_file.creator,
+                sources,
+                len(window.objects),
+            )
             for index, window in enumerate(windows)
         ]
 

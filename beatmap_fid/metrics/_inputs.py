@@ -60,6 +60,16 @@ def load_features(x: Any, name: str = "features") -> tuple[np.ndarray, str | Non
     return array, None
 
 
+def load_ids(x: Any) -> np.ndarray | None:
+    """Row ids of an embedding store (open, or a ``.h5``/``.hdf5`` path); None for arrays."""
+    if isinstance(x, EmbeddingStore):
+        return np.asarray(x.ids)
+    if isinstance(x, (str, os.PathLike)) and Path(x).suffix.lower() in _STORE_SUFFIXES:
+        with EmbeddingStore(x) as store:
+            return np.asarray(store.ids)
+    return None
+
+
 def feature_pair(
     real: Any, generated: Any, *, metric: str, min_samples: int, why: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -45,18 +45,29 @@ A bias-corrected percentile bootstrap.
    2b̂ too high and, in the simulations below, covers the true FD far less often than nominal.
 4. FD ≥ 0, so the estimate and both ends are clamped at 0.
 
-Resampling units. The FID of a resample depends on it only through its count, sum and sum of
-outer products. Each set is split at random into G groups and those three moments are
-computed per group once; a resample draws G groups with replacement and adds their moments
-(cost G·d² per resample instead of N·d²). With G = N (each sample its own group) this is the
-ordinary bootstrap; groups of i.i.d. samples are themselves i.i.d., so G < N is the same
-bootstrap over coarser units. The default G is N up to 4 096 when the per-group moments fit in
-256 MiB per set, and otherwise as many as fit there but at least 32 (for d = 2048: 32 groups,
-about 540 MiB per set).
+Resampling units: whole maps. Windows of one beatmap (ids ``file#0``, ``file#1``, ...) are
+correlated (real descriptor features: on average 47 % of a feature's variance lies between
+maps), so they are not independent samples, and resampling them one by one gives intervals far
+too narrow: in simulations with maps as clusters of correlated windows, 0–63 % of nominal-95 %
+intervals held the true FD (``benchmarks/bench_fid_coverage.py``, table in
+``benchmarks/RESULTS.md``). The bootstrap therefore draws whole maps: the map of a row is the
+part of its id before ``#`` (ids from ``real_ids`` / ``generated_ids`` or from a store given as
+a side). That kept 94.5–98.8 % coverage with 10 to 80 maps a side, and falls short below
+(85.5 % at 5 maps, 62 % at 3): :func:`sample_warnings` warns below :data:`FEW_MAPS` maps.
+Without ids (plain arrays) every row is its own unit.
 
-Simulated coverage of the 95 % interval (X ~ N(0, I), Y ~ N(δ, a²I), FD = d·δ² + d·(1 − a)²
-known exactly; 200 resamples, 400 trials per row; ``tests/test_fid_uncertainty.py`` holds a
-fast and a slow version):
+The FID of a resample depends on it only through its count, sum and sum of outer products. Each
+set is split into G groups, each holding whole maps (or rows), and those three moments are
+computed per group once; a resample draws G groups with replacement and adds their moments
+(cost G·d² per resample instead of N·d²). With G = the number of maps (rows) this is the
+ordinary cluster (row) bootstrap; random groups of i.i.d. units are themselves i.i.d., so G
+below that is the same bootstrap over coarser units. The default G is every unit up to 4 096
+when the per-group moments fit in 256 MiB per set, and otherwise as many as fit there but at
+least 32 (for d = 2048: 32 groups, about 540 MiB per set).
+
+Simulated coverage of the 95 % interval with independent rows (X ~ N(0, I), Y ~ N(δ, a²I),
+FD = d·δ² + d·(1 − a)² known exactly; 200 resamples, 400 trials per row;
+``tests/test_fid_uncertainty.py`` holds a fast and a slow version):
 
 ====  ======  =========================  ========  =======================================
 d     N       FD                         coverage  mean error: FID → bias-corrected
@@ -83,11 +94,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from beatmap_fid.errors import InputError, InsufficientSamplesError
+from beatmap_fid.extractors.base import map_id
 from beatmap_fid.frechet import frechet_distance
-from beatmap_fid.metrics._inputs import feature_pair
+from beatmap_fid.metrics._inputs import feature_pair, load_ids
 from beatmap_fid.stats import GaussianStats, RunningGaussian
 
 DEFAULT_MIN_SIZE = 5000
+FEW_MAPS = 10
+"""Below this many maps in a set, :func:`sample_warnings` warns (see its documentation)."""
 _SUBSAMPLE = ("both", "generated")
 _MIN_GROUPS = 32
 _MAX_GROUPS = 4096
@@ -121,7 +135,8 @@ class FIDInterval:
     level: float
     std: float  # bootstrap standard deviation of FID
     n_resamples: int
-    groups: tuple[int, int]  # resampling units of the real and the generated set
+    groups: tuple[int, int]  # resampling groups of the real and the generated set
+    units: tuple[str, str] = ("rows", "rows")  # what a group holds: whole "maps" or "rows"
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -219,6 +234,8 @@ def fid_confidence_interval(
     n_resamples: int = 200,
     seed: int = 0,
     *,
+    real_ids: Any = None,
+    generated_ids: Any = None,
     groups: int | None = None,
     device: str | None = "numpy",
     progress: bool = False,
@@ -228,8 +245,12 @@ def fid_confidence_interval(
     Both sets are resampled with replacement ``n_resamples`` times; the bias b̂ = mean(FID*) −
     FID is removed once from the estimate and twice from the percentile interval of the
     resampled FIDs (see the module documentation for why, and for the simulated coverage).
-    ``groups`` sets the resampling units per set (default: every sample when affordable,
-    else at least 32 random groups).
+
+    The resampling units are whole maps: rows whose ids (``real_ids`` / ``generated_ids``,
+    or the ids of a store given as a side) share the part before ``#`` are drawn together,
+    since windows of one map are correlated. Without ids every row is its own unit. A side
+    needs at least 2 maps. ``groups`` caps the units per set: beyond it (default: as many as
+    fit in memory, at least 32) the maps (or rows) are pooled into that many random groups.
 
     Each resample costs one Fréchet distance, O(d³): at d = 2048 about 1 s on two idle CPU
     cores, so 200 resamples take minutes there. ``device="numpy"`` (default) computes them in
@@ -248,10 +269,15 @@ def fid_confidence_interval(
         raise InputError(f"groups must be at least 2, got {groups}")
     x, y = feature_pair(real, generated, metric="the FID confidence interval", min_samples=2)
     rng = np.random.default_rng(seed)
-    moments = [
-        _group_moments(features, groups or _default_groups(*features.shape), rng)
-        for features in (x, y)
-    ]
+    moments = []
+    units = []
+    for name, features, ids in (
+        ("real", x, real_ids if real_ids is not None else load_ids(real)),
+        ("generated", y, generated_ids if generated_ids is not None else load_ids(generated)),
+    ):
+        labels, n_groups, unit = _resampling_groups(name, features.shape, ids, groups, rng)
+        moments.append(_group_moments(features, labels, n_groups))
+        units.append(unit)
     estimate = frechet_distance(moments[0].full, moments[1].full, device="numpy")
 
     draws = [_resample_counts(m.n_groups, n_resamples, rng) for m in moments]
@@ -283,13 +309,141 @@ def fid_confidence_interval(
         std=float(replicates.std(ddof=1)),
         n_resamples=n_resamples,
         groups=(moments[0].n_groups, moments[1].n_groups),
+        units=(units[0], units[1]),
+    )
+
+
+def sample_warnings(dim: int, **sides: tuple[int | None, int | None]) -> list[str]:
+    """Plain-language warnings about sets too small for a trustworthy FID.
+
+    ``sides`` maps a set's name to ``(n_vectors, n_maps)`` (either may be None when unknown).
+    Warned about: n_vectors ≤ ``dim`` (the covariance is singular and FID is mostly its
+    small-sample bias) and, for windows of maps, fewer than :data:`FEW_MAPS` maps (windows of
+    a map are correlated, so the maps are the independent samples; below that count the
+    map bootstrap's interval falls short of its nominal coverage too, see
+    benchmarks/RESULTS.md).
+    """
+    found = []
+    for name, (n_vectors, n_maps) in sides.items():
+        if n_vectors is not None and n_vectors <= dim:
+            found.append(
+                f"the {name} set has {n_vectors} vectors for {dim} dimensions: its covariance "
+                f"is singular (rank at most {max(n_vectors - 1, 0)}), so FID carries a large "
+                "small-sample bias; use several times more vectors than dimensions"
+            )
+        if n_maps is not None and n_vectors is not None and n_maps < min(FEW_MAPS, n_vectors):
+            found.append(
+                f"the {name} set holds only {n_maps} map(s): windows of one map are "
+                f"correlated, so FID rests on {n_maps} independent sample(s) and depends "
+                f"on which maps were drawn; use at least {FEW_MAPS} maps per set"
+            )
+    return found
+
+
+@dataclass(frozen=True)
+class SplitHalfFID:
+    """FID between two random halves of one set, split by map, over several splits: the
+    value FID takes when nothing but sampling differs (at half the set's size)."""
+
+    mean: float
+    std: float
+    fids: tuple[float, ...]
+    n_maps: int
+    n_vectors: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fid_mean": self.mean,
+            "fid_std": self.std,
+            "fids": list(self.fids),
+            "n_maps": self.n_maps,
+            "n_vectors": self.n_vectors,
+        }
+
+
+def split_half_fid(
+    features: Any, ids: Any = None, *, n_splits: int = 5, seed: int = 0
+) -> SplitHalfFID:
+    """FID between two random halves of ``features`` (an array, store or ``.h5`` path), the
+    maps (the part of each id before ``#``; every row its own map without ids) dealt out
+    whole, half of the maps to each side, in ``n_splits`` random splits.
+
+    The scale for reading a real-vs-generated FID: two samples of the same maps already lie
+    this far apart. Each half has about half the rows, so its 1/N bias is about twice that of
+    the full set.
+    """
+    from beatmap_fid.metrics._inputs import check_samples, load_features
+
+    x, _ = load_features(features, "features")
+    ids = load_ids(features) if ids is None else np.asarray(ids)
+    if ids is None:
+        ids = np.arange(len(x)).astype(str)
+    if len(ids) != len(x):
+        raise InputError(f"{len(ids)} ids for {len(x)} rows")
+    check_samples(x, "real", metric="split-half FID", min_samples=4)
+    _, maps = np.unique([map_id(i) for i in ids], return_inverse=True)
+    maps = maps.ravel()
+    n_maps = int(maps.max()) + 1
+    if n_maps < 2:
+        raise InsufficientSamplesError("split-half FID needs at least 2 maps to split")
+    if n_splits < 1:
+        raise InputError(f"n_splits must be at least 1, got {n_splits}")
+    rng = np.random.default_rng(seed)
+    fids = []
+    for _ in range(n_splits):
+        first = np.zeros(n_maps, dtype=bool)
+        first[rng.permutation(n_maps)[: n_maps // 2]] = True
+        half = first[maps]
+        if min(half.sum(), (~half).sum()) < 2:
+            raise InsufficientSamplesError(
+                "split-half FID needs at least 2 rows in each half; the maps are too few"
+            )
+        fids.append(frechet_distance(x[half], x[~half], device="numpy"))
+    return SplitHalfFID(
+        mean=float(np.mean(fids)),
+        std=float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
+        fids=tuple(float(f) for f in fids),
+        n_maps=n_maps,
+        n_vectors=len(x),
     )
 
 
 def _default_groups(n: int, dim: int) -> int:
-    """Every sample its own group when affordable, else as many groups as fit (at least 32)."""
+    """Every unit its own group when affordable, else as many groups as fit (at least 32)."""
     fit = _GROUP_BYTES // (8 * dim * (dim + 1) // 2)
     return int(min(n, _MAX_GROUPS, max(_MIN_GROUPS, fit)))
+
+
+def _resampling_groups(
+    name: str, shape: tuple[int, int], ids: Any, groups: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, int, str]:
+    """Resampling group of every row, the number of groups, and the unit ("maps" or "rows").
+
+    Rows of one map always share a group. When every map has one row (or no ids are known)
+    the rows are the units, grouped exactly as before maps were known.
+    """
+    n, dim = shape
+    maps = None
+    if ids is not None:
+        ids = np.asarray(ids)
+        if ids.shape != (n,):
+            raise InputError(f"{name}: {len(ids)} ids for {n} rows")
+        _, maps = np.unique([map_id(i) for i in ids], return_inverse=True)
+        maps = maps.ravel()
+        if maps.max() + 1 == n:
+            maps = None  # one row per map: the rows are the units
+    if maps is None:
+        n_groups = min(groups or _default_groups(n, dim), n)
+        return rng.permutation(n) % n_groups, n_groups, "rows"
+    n_maps = int(maps.max()) + 1
+    if n_maps < 2:
+        raise InsufficientSamplesError(
+            f"the FID bootstrap resamples whole maps, and the {name} set holds {n} windows of "
+            f"a single map ({map_id(ids[0])}); at least 2 maps are needed, and an interval "
+            "from a handful of maps is wide"
+        )
+    n_groups = min(groups or _default_groups(n_maps, dim), n_maps)
+    return (rng.permutation(n_maps) % n_groups)[maps], n_groups, "maps"
 
 
 @dataclass(frozen=True)
@@ -318,10 +472,9 @@ class _GroupMoments:
         return _mean_and_covariance(self.shift, n, sums, products)
 
 
-def _group_moments(features: np.ndarray, n_groups: int, rng: np.random.Generator) -> _GroupMoments:
+def _group_moments(features: np.ndarray, labels: np.ndarray, n_groups: int) -> _GroupMoments:
+    """Moments of the groups ``labels`` (0 .. n_groups − 1, every group non-empty)."""
     n, dim = features.shape
-    n_groups = min(n_groups, n)
-    labels = rng.permutation(n) % n_groups  # balanced random groups; n_groups = n: one row each
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_groups + 1))
     shift = features.mean(axis=0, dtype=np.float64)

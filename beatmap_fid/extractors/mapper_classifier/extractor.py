@@ -147,6 +147,7 @@ class MapperClassifierExtractor:
         """One item per window of every readable map with audio under ``source``."""
         from beatmap_fid.beatmap.audio import load_audio
         from beatmap_fid.beatmap.reading import iter_beatmap_files
+        from beatmap_fid.beatmap.tokenizer import PAD_ID
 
         audio_cache: tuple[Path | None, np.ndarray | None] = (None, None)
         for beatmap_file in iter_beatmap_files(source, skipped, modes=self.modes):
@@ -189,6 +190,7 @@ class MapperClassifierExtractor:
                     payload,
                     beatmap_file.creator,
                     (beatmap_file.path, beatmap_file.audio_path),
+                    int(np.count_nonzero(payload.tokens != PAD_ID)),
                 )
 
     def forward(self, payloads: Sequence[WindowPayload]) -> tuple[np.ndarray, np.ndarray]:
