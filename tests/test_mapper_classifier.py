@@ -36,7 +36,6 @@ from beatmap_fid.extractors.mapper_classifier.extractor import (  # noqa: E402
     MapperClassifierExtractor,
 )
 from beatmap_fid.extractors.mapper_classifier.mel import MelSpectrogram  # noqa: E402
-from beatmap_fid.extractors.mapper_classifier.model import decoder_attention_mask  # noqa: E402
 
 TINY = {
     "d_model": 64,
@@ -310,33 +309,76 @@ def test_mel_matches_nnaudio_on_real_audio(shared_data):
 # --- Model -------------------------------------------------------------------------------------
 
 
-def test_decoder_mask_ignores_pads_and_opens_empty_windows():
-    tokens = torch.tensor([[5, 7, 0, 0], [0, 0, 0, 0]])
-    mask = decoder_attention_mask(tokens)[:, 0]
-    causal = torch.ones(4, 4, dtype=torch.bool).tril()
-    assert torch.equal(mask[0], causal & torch.tensor([True, True, False, False]))
-    assert bool(mask[1].all())
+def reference_whisper(settings: ClassifierSettings, state_dict):
+    """transformers' ``WhisperModel`` built as the reference builds its backbone: a Whisper
+    config with the attributes it overrides set afterwards, the default attention."""
+    from transformers import WhisperConfig, WhisperModel
+
+    config = WhisperConfig(
+        d_model=settings.d_model,
+        encoder_layers=settings.encoder_layers,
+        decoder_layers=settings.decoder_layers,
+        encoder_attention_heads=settings.encoder_attention_heads,
+        decoder_attention_heads=settings.decoder_attention_heads,
+        encoder_ffn_dim=settings.encoder_ffn_dim,
+        decoder_ffn_dim=settings.decoder_ffn_dim,
+    )
+    config.vocab_size = settings.vocab_size
+    config.use_cache = False
+    config.num_mel_bins = config.d_model
+    config.pad_token_id = 0
+    config.max_source_positions = settings.src_seq_len // 2
+    config.max_target_positions = settings.tgt_seq_len
+    whisper = WhisperModel(config).eval()
+    whisper.load_state_dict(state_dict)
+    return whisper
 
 
-def test_model_with_padding_equals_transformers_padding_mask():
-    """For windows with events the explicit mask is exactly the reference's 2-D padding mask."""
+def reference_features(model, samples, tokens, decoder_attention_mask=None):
+    """Feature vectors the reference computes: nnAudio mel, ``encoder_embedder``, the reference's
+    Whisper called with ``decoder_attention_mask = tokens != pad``, projector averaged."""
+    settings = model.settings
+    mel = _nnaudio_mel(settings.n_fft, settings.n_mels)
+    whisper = reference_whisper(settings, model.transformer.state_dict())
+    if decoder_attention_mask is None:
+        decoder_attention_mask = tokens != 0
+    with torch.no_grad():
+        frames = mel(samples).permute(0, 2, 1)
+        output = whisper(
+            input_features=torch.swapaxes(model.encoder_embedder(frames), 1, 2),
+            decoder_inputs_embeds=model.decoder_embedder(tokens),
+            decoder_attention_mask=decoder_attention_mask,
+        )
+        return model.projector(output.last_hidden_state).mean(dim=1)
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_model_matches_the_reference_backbone_on_empty_windows():
+    """Windows with and without events: features equal the reference's; letting the rows of an
+    empty window attend to every position instead would change them."""
     settings = ClassifierSettings.for_size(
         "tiny", num_classes=3, vocab_size=50, **TINY, **SHORT_WINDOWS
     )
     torch.manual_seed(0)
     model = build_model(settings).eval()
     samples, tokens = random_batch(settings)
-    samples, tokens = samples[:2], tokens[:2]
+    assert not tokens[-1].any() and tokens[0].any()
     with torch.no_grad():
         ours = model(samples, tokens).features
-        frames = model.spectrogram(samples)
-        output = model.transformer(
-            input_features=model.encoder_embedder(frames).transpose(1, 2),
-            decoder_inputs_embeds=model.decoder_embedder(tokens),
-            decoder_attention_mask=(tokens != 0).long(),
-        )
-        expected = model.projector(output.last_hidden_state).mean(dim=1)
-    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    expected = reference_features(model, samples, tokens)
+    assert cosines(ours, expected).min() >= 0.99999
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+
+    length = settings.tgt_seq_len
+    allowed = torch.ones(length, length, dtype=torch.bool).tril() & (tokens != 0)[:, None, :]
+    unmasked = allowed | ~allowed.any(dim=-1, keepdim=True)
+    opened = reference_features(model, samples, tokens, unmasked[:, None])
+    assert cosines(opened[:-1], expected[:-1]).min() >= 0.99999
+    assert cosines(opened[-1:], expected[-1:])[0] < 0.9999  # fails the parity bound
 
 
 # --- Checkpoints -------------------------------------------------------------------------------
@@ -518,7 +560,7 @@ def _reference_tokens(beatmap, start_sample, settings, tokenizer):
 
 
 def test_extractor_windows_labels_and_embeddings(shared_data, tiny_checkpoint):
-    from beatmap_fid.beatmap.audio import load_audio
+    from beatmap_fid.beatmap.pcm import load_pcm_audio
     from beatmap_fid.beatmap.reading import read_beatmap
 
     folder = shared_data / "beatmaps" / "songs" / ADRIFT
@@ -532,7 +574,7 @@ def test_extractor_windows_labels_and_embeddings(shared_data, tiny_checkpoint):
     skipped = SkipLog()
     items = list(extractor.items(folder, skipped))
     settings = extractor.settings
-    audio = load_audio(folder / "audio.mp3", 16000)
+    audio = load_pcm_audio(folder / "audio.mp3", 16000)
     per_map = len(range(0, len(audio) - settings.window_samples, settings.window_samples))
     maps = sorted({item.id.split("#")[0] for item in items})
     assert len(maps) >= 2 and len(items) == per_map * len(maps)
@@ -565,6 +607,102 @@ def test_extractor_windows_labels_and_embeddings(shared_data, tiny_checkpoint):
     bf16 = MapperClassifierExtractor(extractor.loaded, device="cpu", precision="bfloat16")
     assert config_hash(bf16.config) != config_hash(extractor.config)
     np.testing.assert_allclose(bf16.embed(payloads[:1]), vectors[:1], rtol=0.1, atol=0.05)
+
+
+@pytest.fixture(scope="module")
+def loud_song(tmp_path_factory):
+    """A song folder: 26 s of loud 44.1 kHz stereo MP3 (decoded float peaks near 2.2) and a
+    map whose objects end after 12 s, so its third window has no events."""
+    from loud_audio import music_like, write_loud
+
+    from beatmap_fid.beatmap.pcm import ffmpeg_available
+    from beatmap_fid.beatmap.synthetic import synthetic_beatmap
+
+    if not ffmpeg_available():
+        pytest.skip("needs the ffmpeg and ffprobe programs to make and read the MP3")
+    folder = tmp_path_factory.mktemp("loud_song")
+    write_loud(folder / "song.mp3", music_like(26.0, seed=5), 2.2)
+    text = synthetic_beatmap(7, "flow", duration_s=12.0, creator="Loud", audio_filename="song.mp3")
+    (folder / "loud.osu").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "size",
+    ["tiny", pytest.param("base", marks=pytest.mark.slow)],
+)
+def test_features_match_the_reference_pipeline_on_loud_stereo_mp3(
+    tmp_path, reference_classes, loud_song, size
+):
+    """Audio through pydub + ffmpeg, tokens event by event, transformers' WhisperModel with
+    ``decoder_attention_mask``: our windows' audio and tokens are identical and the features
+    agree to cosine 0.99999 in every window, including one without events."""
+    from loud_audio import pydub_waveform
+
+    from beatmap_fid.beatmap.reading import read_beatmap
+
+    torch.set_num_threads(2)  # restored by one_torch_thread
+    values = TINY if size == "tiny" else {"projector_dim": 2048}
+    path = tmp_path / "model.ckpt"
+    write_reference_checkpoint(path, reference_classes, size=size, compiled=False, **values)
+    extractor = build_extractor(
+        "mapper-classifier", checkpoint=str(path), device="cpu", decoder="ffmpeg"
+    )
+    items = list(extractor.items(loud_song, SkipLog()))
+    assert [item.id.split("#")[1] for item in items] == ["0", "1", "2"]
+
+    settings = extractor.settings
+    waveform = pydub_waveform(loud_song / "song.mp3")
+    beatmap = read_beatmap(loud_song / "loud.osu")
+    starts = [k * settings.window_samples for k in range(len(items))]
+    rate, length = settings.sample_rate, settings.window_samples
+    firsts = [int(s / rate * rate) for s in starts]  # the reference's int(time * sample_rate)
+    samples = np.stack([waveform[first : first + length] for first in firsts])
+    tokens = np.stack(
+        [_reference_tokens(beatmap, s, settings, extractor.tokenizer) for s in starts]
+    )
+    for item, audio, window_tokens in zip(items, samples, tokens):
+        np.testing.assert_array_equal(item.payload.audio, audio)
+        np.testing.assert_array_equal(item.payload.tokens, window_tokens)
+    assert tokens[0].any() and not tokens[2].any()
+
+    ours = extractor.embed([item.payload for item in items])
+    expected = reference_features(
+        extractor.model, torch.from_numpy(samples), torch.from_numpy(tokens)
+    ).numpy()
+    assert ours.shape == (3, settings.projector_dim)
+    assert cosines(ours, expected).min() >= 0.99999
+
+
+def test_decoder_option_is_recorded_and_soundfile_stays_close(tiny_checkpoint, loud_song):
+    """libsndfile's decoding differs from ffmpeg's by single integer steps: the stores keep the
+    two apart, and the features stay within the parity bound anyway."""
+    extractors = {
+        decoder: build_extractor(
+            "mapper-classifier", checkpoint=str(tiny_checkpoint), device="cpu", decoder=decoder
+        )
+        for decoder in ("ffmpeg", "soundfile")
+    }
+    assert all(decoder in e.config["audio"] for decoder, e in extractors.items())
+    assert config_hash(extractors["ffmpeg"].config) != config_hash(extractors["soundfile"].config)
+    ffmpeg_items, soundfile_items = (
+        list(e.items(loud_song, SkipLog())) for e in extractors.values()
+    )
+    assert [i.id for i in ffmpeg_items] == [i.id for i in soundfile_items]
+    for a, b in zip(ffmpeg_items, soundfile_items):
+        np.testing.assert_array_equal(a.payload.tokens, b.payload.tokens)
+        assert 0 < np.abs(a.payload.audio - b.payload.audio).max() < 1e-3
+    ours = extractors["soundfile"].embed([i.payload for i in soundfile_items])
+    reference = extractors["ffmpeg"].embed([i.payload for i in ffmpeg_items])
+    assert cosines(ours, reference).min() >= 0.99999
+
+
+def test_ffmpeg_decoder_without_ffmpeg_is_one_clear_line(tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ExtractorError, match=r"ffmpeg and ffprobe .* install ffmpeg"):
+        build_extractor("mapper-classifier", checkpoint=str(tiny_checkpoint), decoder="ffmpeg")
+    fallback = build_extractor("mapper-classifier", checkpoint=str(tiny_checkpoint), device="cpu")
+    assert fallback.decoder == "soundfile" and "soundfile" in fallback.config["audio"]
 
 
 def test_maps_without_audio_are_skipped(shared_data, tiny_checkpoint):

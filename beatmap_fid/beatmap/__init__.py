@@ -2,6 +2,7 @@
 synthetic beatmaps and seeded disturbances."""
 
 from beatmap_fid.beatmap.audio import audio_num_samples, load_audio
+from beatmap_fid.beatmap.pcm import load_pcm_audio
 from beatmap_fid.beatmap.perturb import Disturbance, perturb_file, perturb_folder, perturb_text
 from beatmap_fid.beatmap.reading import (
     BeatmapFile,
@@ -35,6 +36,7 @@ __all__ = [
     "find_beatmaps",
     "iter_beatmap_files",
     "load_audio",
+    "load_pcm_audio",
     "parse_beatmap_text",
     "perturb_file",
     "perturb_folder",

@@ -1,7 +1,9 @@
-"""Loading beatmap audio the way the mapper classifier does: mono, resampled, peak-normalised.
+"""Loading beatmap audio for the audio extractors: mono, resampled, peak-normalised.
 
 Decoding uses ``soundfile`` (libsndfile 1.1 or newer reads MP3 as well as OGG, FLAC and WAV)
-and resampling ``soxr``. Any failure is a :class:`~beatmap_fid.errors.SourceError`; callers
+and resampling ``soxr``: float throughout, no clipping, high-quality resampling. The mapper
+classifier instead reads audio exactly as its reference does (16-bit PCM, pydub's arithmetic):
+see :func:`beatmap_fid.beatmap.pcm.load_pcm_audio`. Any failure is a :class:`~beatmap_fid.errors.SourceError`; callers
 that can go on without audio (window counts from the beatmap's length) turn it into a note.
 """
 

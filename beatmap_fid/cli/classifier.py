@@ -78,7 +78,6 @@ def _ranking_text(title: str, ranking: list[dict[str, Any]]) -> list[str]:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from beatmap_fid.beatmap.audio import load_audio
     from beatmap_fid.beatmap.reading import read_beatmap_file
     from beatmap_fid.extractors.mapper_classifier.checkpoint import load_checkpoint
     from beatmap_fid.extractors.mapper_classifier.extractor import (
@@ -102,7 +101,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint)
     classifier = MapperClassifierExtractor(loaded, device=args.device, precision=args.precision)
     settings = loaded.settings
-    audio = load_audio(audio_path, settings.sample_rate)
+    audio = classifier.load_audio(audio_path)
     events, times = event_stream(beatmap_file.beatmap, settings)
 
     if args.time is not None:

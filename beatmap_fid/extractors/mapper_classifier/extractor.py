@@ -2,7 +2,9 @@
 
 Items are the windows the reference's FID code uses: non-overlapping, from t = 0, the trailing
 partial window dropped (``beatmap_fid.beatmap.windows``). An item's id is ``"{map id}#{k}"``,
-its label the map's Creator, its payload the window's audio samples and its token ids. ``embed``
+its label the map's Creator, its payload the window's audio samples and its token ids. Audio is
+loaded as the reference loads it (integer PCM, pydub's resampling and down-mix,
+:mod:`beatmap_fid.beatmap.pcm`), with the ``decoder`` option choosing ffmpeg or libsndfile. ``embed``
 runs the classifier on a batch and returns the mean-pooled projector output (2048 or 256 values
 depending on the checkpoint). Maps without readable audio cannot be embedded and are skipped
 with the reason.
@@ -121,7 +123,10 @@ class MapperClassifierExtractor:
         device: str | None = None,
         precision: str = "float32",
         modes: Collection[int] = (0,),
+        decoder: str = "auto",
     ) -> None:
+        from beatmap_fid.beatmap.pcm import resolve_decoder
+
         if precision not in PRECISIONS:
             raise ExtractorError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
@@ -131,6 +136,7 @@ class MapperClassifierExtractor:
         self.device = resolve_device(device)
         self.precision = precision
         self.modes = tuple(modes)
+        self.decoder = resolve_decoder(decoder)
         self.model = loaded.model.to(self.device).eval()
         self.tokenizer = make_tokenizer(loaded.tokenizer)
         self.dim = self.settings.projector_dim
@@ -141,11 +147,18 @@ class MapperClassifierExtractor:
             "windows": "non-overlapping from t=0, trailing partial window dropped",
             "precision": precision,
             "modes": list(self.modes),
+            "audio": f"integer PCM decoded by {self.decoder}, pydub resampling and down-mix, "
+            "divided by the peak",
         }
+
+    def load_audio(self, path: str | Path) -> np.ndarray:
+        """The classifier's waveform of an audio file: float32 mono at the model's rate."""
+        from beatmap_fid.beatmap.pcm import load_pcm_audio
+
+        return load_pcm_audio(path, self.settings.sample_rate, self.decoder)
 
     def items(self, source: str | Path, skipped: SkipLog) -> Iterator[Item]:
         """One item per window of every readable map with audio under ``source``."""
-        from beatmap_fid.beatmap.audio import load_audio
         from beatmap_fid.beatmap.reading import iter_beatmap_files
         from beatmap_fid.beatmap.tokenizer import PAD_ID
 
@@ -161,7 +174,7 @@ class MapperClassifierExtractor:
                 if audio_cache[0] != beatmap_file.audio_path:
                     audio_cache = (
                         beatmap_file.audio_path,
-                        load_audio(beatmap_file.audio_path, self.settings.sample_rate),
+                        self.load_audio(beatmap_file.audio_path),
                     )
                 audio = audio_cache[1]
                 events, times = event_stream(beatmap_file.beatmap, self.settings)
@@ -226,15 +239,20 @@ def build_mapper_classifier(
     device: str | None = None,
     precision: str = "float32",
     modes: Collection[int] = (0,),
+    decoder: str = "auto",
 ) -> MapperClassifierExtractor:
     """Factory of the ``"mapper-classifier"`` extractor.
 
     ``checkpoint``: a ``model.ckpt`` path, a folder holding one, or a Hugging Face repo id
     (default ``OliBomby/osu-classifier``; needs internet access or the local HF cache).
     ``precision``: ``float32``, or ``bfloat16``/``float16`` autocast.
+    ``decoder``: ``auto`` (ffmpeg when on ``PATH``, else libsndfile), ``ffmpeg`` (samples
+    identical to the reference's) or ``soundfile``.
     """
     loaded = load_checkpoint(checkpoint, device="cpu")
-    return MapperClassifierExtractor(loaded, device=device, precision=precision, modes=modes)
+    return MapperClassifierExtractor(
+        loaded, device=device, precision=precision, modes=modes, decoder=decoder
+    )
 
 
 def default_weights_available() -> bool:

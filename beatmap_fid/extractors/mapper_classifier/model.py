@@ -6,7 +6,9 @@ checkpoints load strictly: ``transformer`` (a transformers ``WhisperModel``), ``
 
 Forward pass: waveform → power mel frames (B, src_seq_len, n_mels) → ``encoder_embedder`` →
 transposed into Whisper's ``input_features``; tokens → ``decoder_embedder`` →
-``decoder_inputs_embeds``; ``projector`` on every decoder position, averaged over all
+``decoder_inputs_embeds`` with ``decoder_attention_mask = tokens != pad``, which transformers
+combines with the causal mask as for the reference (a window without any event masks every
+key); ``projector`` on every decoder position, averaged over all
 ``tgt_seq_len`` positions (pads included) = the feature vector; ``classifier`` → logits.
 """
 
@@ -24,7 +26,11 @@ PAD_TOKEN = 0
 
 
 def whisper_config(settings: ClassifierSettings):
-    """The transformers ``WhisperConfig`` of the backbone, built offline from the settings."""
+    """The transformers ``WhisperConfig`` of the backbone, built offline from the settings.
+
+    The attention implementation is left to transformers' default, as the reference leaves it
+    (``sdpa`` with current torch): it decides what a window without any event computes.
+    """
     from transformers import WhisperConfig
 
     config = WhisperConfig(
@@ -50,23 +56,7 @@ def whisper_config(settings: ClassifierSettings):
         scale_embedding=False,
         use_cache=False,
     )
-    # The decoder mask built by ``decoder_attention_mask`` is a boolean 4-D mask: SDPA reads it.
-    config._attn_implementation = "sdpa"
     return config
-
-
-def decoder_attention_mask(tokens: torch.Tensor) -> torch.Tensor:
-    """Causal self-attention mask of the decoder that ignores pad keys, (B, 1, T, T) bool.
-
-    The reference passes ``tokens != pad`` to the decoder. For a window without any event every
-    row would be fully masked; the reference's CUDA path (transformers unmasks such rows for
-    SDPA) then lets those rows attend to every position, and so does this mask, on any device.
-    """
-    length = tokens.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
-    allowed = causal[None] & (tokens != PAD_TOKEN)[:, None, :]
-    allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
-    return allowed[:, None]
 
 
 @dataclass
@@ -106,7 +96,7 @@ class MapperClassifier(nn.Module):
         output = self.transformer(
             input_features=input_features,
             decoder_inputs_embeds=self.decoder_embedder(tokens),
-            decoder_attention_mask=decoder_attention_mask(tokens),
+            decoder_attention_mask=tokens != PAD_TOKEN,
             use_cache=False,
         )
         features = self.projector(output.last_hidden_state).float().mean(dim=1)

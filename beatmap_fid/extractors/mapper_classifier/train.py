@@ -178,8 +178,9 @@ def collect_maps(
     modes: Collection[int] = (0,),
     progress: bool = False,
 ) -> tuple[list[TrainingMap], dict[str, np.ndarray]]:
-    """Labelled maps with audio under ``maps_dir`` and their decoded audio (by audio key)."""
-    from beatmap_fid.beatmap.audio import load_audio
+    """Labelled maps with audio under ``maps_dir`` and their decoded audio (by audio key),
+    loaded as the reference trains on it (:func:`beatmap_fid.beatmap.pcm.load_pcm_audio`)."""
+    from beatmap_fid.beatmap.pcm import load_pcm_audio
     from beatmap_fid.beatmap.reading import iter_beatmap_files
 
     maps: list[TrainingMap] = []
@@ -195,7 +196,7 @@ def collect_maps(
         key = str(beatmap_file.audio_path)
         try:
             if key not in audio:
-                audio[key] = load_audio(beatmap_file.audio_path, settings.sample_rate)
+                audio[key] = load_pcm_audio(beatmap_file.audio_path, settings.sample_rate)
             events, times = event_stream(beatmap_file.beatmap, settings)
         except (SourceError, InputError) as error:
             skipped.add(beatmap_file.id, str(error))
