@@ -80,8 +80,9 @@ class EvalSide:
 def metric_names() -> list[str]:
     """Every name :func:`evaluate` accepts."""
     from beatmap_fid.metrics import METRICS
+    from beatmap_fid.metrics.calc_fid import OVERLAP, PAIRED
 
-    return [*METRICS, RHYTHM]
+    return [*METRICS, RHYTHM, PAIRED, OVERLAP]
 
 
 def is_beatmap_folder(source: Any) -> bool:
@@ -288,12 +289,20 @@ def compute_metrics(
     *,
     device: str | None = None,
     progress: bool = True,
+    details: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], Any]:
     """The dict of ``metrics`` between two loaded sides, and the rhythm result (or None).
 
-    ``options`` maps a metric name to its keyword arguments.
+    ``options`` maps a metric name to its keyword arguments. ``details``, when given, receives
+    the full results of the pair metrics (``"paired"``, ``"overlap"``).
     """
     from beatmap_fid.metrics import METRICS
+    from beatmap_fid.metrics.calc_fid import (
+        OVERLAP,
+        PAIRED,
+        overlap_from_sides,
+        paired_from_sides,
+    )
     from beatmap_fid.metrics.rhythm import rhythm_metrics
 
     options = options or {}
@@ -309,6 +318,18 @@ def compute_metrics(
                 )
             rhythm = rhythm_metrics(real.beatmap_folder, generated.beatmap_folder, **given)
             result.update(rhythm.as_dict())
+            continue
+        if name == PAIRED:
+            paired = paired_from_sides(real, generated, given, progress=progress)
+            result.update(paired.as_dict())
+            if details is not None:
+                details[PAIRED] = paired
+            continue
+        if name == OVERLAP:
+            found, overlap = overlap_from_sides(real, generated, **given)
+            result.update(found)
+            if details is not None:
+                details[OVERLAP] = overlap
             continue
         metric_options = _metric_options(name, given, real, generated, device, progress)
         values = METRICS[name](real.features, generated.features, **metric_options)
@@ -327,7 +348,7 @@ def check_metric_names(
     if isinstance(metrics, str):
         metrics = [metrics]
     if metrics is None:
-        metrics = [*DEFAULT_METRICS, *([RHYTHM] if rhythm_possible else [])]
+        metrics = [*DEFAULT_METRICS, *([RHYTHM, "paired"] if rhythm_possible else [])]
     unknown = [m for m in metrics if m not in known]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; choose from {known}")
@@ -373,11 +394,12 @@ def evaluate(
     )
     names = check_metric_names(metrics, options, rhythm_applies(real, generated, mapping))
     vector_metrics = [m for m in names if m != RHYTHM]
+    both_folders = is_beatmap_folder(real) and is_beatmap_folder(generated)
     sides = load_sides(
         real,
         generated,
         extractor,
-        need_vectors=any(m != "fid" for m in vector_metrics),
+        need_vectors=both_folders or any(m != "fid" for m in vector_metrics),
         store_dir=store_dir,
         batch_size=batch_size,
         strict=strict,
@@ -385,6 +407,9 @@ def evaluate(
         extractor_options=extractor_options,
     )
     values, _ = compute_metrics(*sides, names, options, device=device, progress=progress)
+    from beatmap_fid.by_mode import per_mode_values
+
+    values.update(per_mode_values(*sides, names, options, device=device)[0])
     return values
 
 
