@@ -143,48 +143,57 @@ class MapperClassifierExtractor:
             "modes": list(self.modes),
         }
 
+    def beatmap_items(
+        self, beatmap_file: Any, skipped: SkipLog, cache: dict | None = None
+    ) -> list[Item]:
+        """The window items of one parsed map (none, recorded in ``skipped``, when it cannot be
+        used); ``cache`` keeps the last decoded audio for the next map of the same song."""
+        from beatmap_fid.beatmap.audio import load_audio
+
+        cache = {} if cache is None else cache
+        if beatmap_file.audio_path is None:
+            named = beatmap_file.beatmap.audio_filename or "none"
+            skipped.add(beatmap_file.id, f"no audio: the audio file it names ({named}) is missing")
+            return []
+        try:
+            if beatmap_file.audio_path not in cache:
+                cache.clear()
+                cache[beatmap_file.audio_path] = load_audio(
+                    beatmap_file.audio_path, self.settings.sample_rate
+                )
+            audio = cache[beatmap_file.audio_path]
+            events, times = event_stream(beatmap_file.beatmap, self.settings)
+        except (SourceError, InputError) as error:
+            skipped.add(beatmap_file.id, str(error))
+            return []
+        starts = window_start_samples(len(audio), self.settings)
+        if len(starts) == 0:
+            skipped.add(beatmap_file.id, "too short: the audio is shorter than one window")
+            return []
+        items = []
+        for k, start in enumerate(starts.tolist()):
+            try:
+                payload = window_payload(
+                    audio,
+                    events,
+                    times,
+                    start_ms_of_sample(start, self.settings.sample_rate),
+                    self.settings,
+                    self.tokenizer,
+                )
+            except InputError as error:
+                skipped.add(f"{beatmap_file.id}#{k}", f"untokenizable: {error}")
+                continue
+            items.append(Item(f"{beatmap_file.id}#{k}", payload, beatmap_file.creator))
+        return items
+
     def items(self, source: str | Path, skipped: SkipLog) -> Iterator[Item]:
         """One item per window of every readable map with audio under ``source``."""
-        from beatmap_fid.beatmap.audio import load_audio
         from beatmap_fid.beatmap.reading import iter_beatmap_files
 
-        audio_cache: tuple[Path | None, np.ndarray | None] = (None, None)
+        cache: dict = {}
         for beatmap_file in iter_beatmap_files(source, skipped, modes=self.modes):
-            if beatmap_file.audio_path is None:
-                named = beatmap_file.beatmap.audio_filename or "none"
-                skipped.add(
-                    beatmap_file.id, f"no audio: the audio file it names ({named}) is missing"
-                )
-                continue
-            try:
-                if audio_cache[0] != beatmap_file.audio_path:
-                    audio_cache = (
-                        beatmap_file.audio_path,
-                        load_audio(beatmap_file.audio_path, self.settings.sample_rate),
-                    )
-                audio = audio_cache[1]
-                events, times = event_stream(beatmap_file.beatmap, self.settings)
-            except (SourceError, InputError) as error:
-                skipped.add(beatmap_file.id, str(error))
-                continue
-            starts = window_start_samples(len(audio), self.settings)
-            if len(starts) == 0:
-                skipped.add(beatmap_file.id, "too short: the audio is shorter than one window")
-                continue
-            for k, start in enumerate(starts.tolist()):
-                try:
-                    payload = window_payload(
-                        audio,
-                        events,
-                        times,
-                        start_ms_of_sample(start, self.settings.sample_rate),
-                        self.settings,
-                        self.tokenizer,
-                    )
-                except InputError as error:
-                    skipped.add(f"{beatmap_file.id}#{k}", f"untokenizable: {error}")
-                    continue
-                yield Item(f"{beatmap_file.id}#{k}", payload, beatmap_file.creator)
+            yield from self.beatmap_items(beatmap_file, skipped, cache)
 
     def forward(self, payloads: Sequence[WindowPayload]) -> tuple[np.ndarray, np.ndarray]:
         """Feature vectors (n, dim) and logits (n, num_classes), float32, for a batch."""

@@ -1,0 +1,178 @@
+"""Embedding one folder of beatmaps with several extractors in a single pass over the maps.
+
+Every ``.osu`` file is found and parsed once; each extractor then makes its items from the
+parsed map (``beatmap_items``) and its vectors go to its own store (one store per extractor
+configuration, as :func:`beatmap_fid.api.embed_to_store` writes them: resumable, ids already
+stored are not embedded again). Extractors without ``beatmap_items`` (images, audio) are
+embedded on their own. A map outside an extractor's modes is skipped for that extractor only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from beatmap_fid.api import EmbedResult, SideSummary, embed_to_store, store_path_for
+from beatmap_fid.errors import InputError, InsufficientSamplesError, SkipLog
+from beatmap_fid.extractors.base import Extractor, Item, config_hash
+from beatmap_fid.store import EmbeddingStore, StoreWriter
+
+ALL_MODES = (0, 1, 2, 3)
+
+
+def extractor_modes(extractor: Extractor) -> tuple[int, ...]:
+    """The game modes an extractor reads (its ``modes``, else its config's, else standard)."""
+    modes = getattr(extractor, "modes", None) or extractor.config.get("modes") or (0,)
+    return tuple(int(m) for m in modes)
+
+
+def embed_many(
+    source: str | Path,
+    extractors: Sequence[Extractor],
+    *,
+    store_dir: str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> list[EmbedResult]:
+    """Embed ``source`` with every extractor, reading each map once; one result per extractor."""
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"source {source} does not exist")
+    from beatmap_fid.beatmap.reading import iter_beatmap_files, mode_name
+
+    shared = [e for e in extractors if hasattr(e, "beatmap_items")]
+    results: dict[int, EmbedResult] = {}
+    for index, extractor in enumerate(extractors):
+        if extractor not in shared:
+            path = store_path_for(source, extractor, store_dir)
+            results[index] = embed_to_store(
+                source, extractor, path, batch_size=batch_size, progress=progress
+            )
+    if shared:
+        modes = [extractor_modes(e) for e in shared]
+        union = sorted({m for chosen in modes for m in chosen})
+        paths = [store_path_for(source, e, store_dir) for e in shared]
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        skipped = [SkipLog() for _ in shared]
+        ids: list[list[str]] = [[] for _ in shared]
+        pending: list[list[Item]] = [[] for _ in shared]
+        written = [0] * len(shared)
+        reused = [0] * len(shared)
+        caches: list[dict] = [{} for _ in shared]
+        read_skips = SkipLog()
+        with ExitStack() as stack:
+            writers = [
+                stack.enter_context(StoreWriter(path, e.name, e.config, e.dim))
+                for path, e in zip(paths, shared)
+            ]
+
+            def flush(i: int) -> None:
+                batch = pending[i]
+                if not batch:
+                    return
+                vectors = shared[i].embed([item.payload for item in batch])
+                labels = [item.label or "" for item in batch]
+                written[i] += writers[i].append(
+                    [item.id for item in batch], vectors, labels if any(labels) else None
+                )
+                pending[i] = []
+
+            maps = iter_beatmap_files(source, read_skips, modes=union, progress=progress)
+            for beatmap_file in maps:
+                mode = int(beatmap_file.beatmap.mode)
+                for i, extractor in enumerate(shared):
+                    if mode not in modes[i]:
+                        allowed = ", ".join(mode_name(m) for m in modes[i])
+                        skipped[i].add(
+                            beatmap_file.id,
+                            f"unsupported mode: {mode_name(mode)} (Mode {mode}); modes read "
+                            f"here: {allowed}",
+                        )
+                        continue
+                    arguments = (beatmap_file, skipped[i])
+                    if "cache" in extractor.beatmap_items.__code__.co_varnames:
+                        items = extractor.beatmap_items(*arguments, caches[i])
+                    else:
+                        items = extractor.beatmap_items(*arguments)
+                    for item in items:
+                        ids[i].append(item.id)
+                        if item.id in writers[i]:
+                            reused[i] += 1
+                            continue
+                        pending[i].append(item)
+                        if len(pending[i]) >= batch_size:
+                            flush(i)
+            for i in range(len(shared)):
+                flush(i)
+        for i, extractor in enumerate(shared):
+            log = SkipLog(list(read_skips.entries) + list(skipped[i].entries))
+            results[extractors.index(extractor)] = EmbedResult(
+                paths[i], ids[i], written[i], reused[i], log
+            )
+    return [results[i] for i in range(len(extractors))]
+
+
+def _side(source: Path, extractor: Extractor, result: EmbedResult) -> Any:
+    from beatmap_fid.evaluate import EvalSide, is_beatmap_folder
+
+    if result.n_items < 2:
+        raise InsufficientSamplesError(
+            f"{source} with {extractor.name!r}: {result.n_items} usable item(s) from "
+            f"{result.n_sources} file(s); at least 2 are needed. {result.skipped.summary()}"
+        )
+    with EmbeddingStore(result.store_path) as store:
+        row_of = {item_id: row for row, item_id in enumerate(store.ids)}
+        vectors = store.vectors(np.array([row_of[i] for i in result.ids], dtype=np.int64))
+    summary = SideSummary(
+        str(source),
+        "folder",
+        result.n_sources,
+        result.n_items,
+        str(result.store_path),
+        result.skipped,
+    )
+    return EvalSide(
+        summary,
+        vectors,
+        np.asarray(result.ids, dtype=object),
+        None,
+        extractor.name,
+        config_hash(extractor.config),
+        source if is_beatmap_folder(source) else None,
+    )
+
+
+def sides_for_extractors(
+    real: Any,
+    generated: Any,
+    extractors: Sequence[Extractor],
+    *,
+    store_dir: str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> list[tuple[Any, Any]]:
+    """``(real, generated)`` loaded sides for each extractor. Folders of beatmaps are read
+    once for all extractors (:func:`embed_many`); other sides go through
+    :func:`beatmap_fid.evaluate.load_sides` per extractor."""
+    from beatmap_fid.evaluate import is_beatmap_folder, load_sides
+
+    if len(extractors) > 1 and all(is_beatmap_folder(s) for s in (real, generated)):
+        per_side = [
+            embed_many(s, extractors, store_dir=store_dir, batch_size=batch_size, progress=progress)
+            for s in (real, generated)
+        ]
+        return [
+            (_side(Path(real), e, per_side[0][i]), _side(Path(generated), e, per_side[1][i]))
+            for i, e in enumerate(extractors)
+        ]
+    return [
+        load_sides(
+            real, generated, e, store_dir=store_dir, batch_size=batch_size, progress=progress
+        )
+        for e in extractors
+    ]
