@@ -1,7 +1,8 @@
 """One call for every metric: ``evaluate(real, generated, metrics=[...])`` returns one dict.
 
 In the style of torch-fidelity: metrics are found by name (the sample metrics of
-:data:`beatmap_fid.metrics.METRICS`, plus ``"rhythm"``), each side is embedded at most once,
+:data:`beatmap_fid.metrics.METRICS`, plus ``"rhythm"``, ``"paired"`` and ``"overlap"``), each
+side is embedded at most once,
 and the answer is a flat dict of floats (``{"fid": ..., "fid_low": ..., "kid": ...,
 "precision": ..., "active_f1": ...}``) that also records the number of vectors per side.
 
@@ -383,8 +384,13 @@ def evaluate(
     ``"rhythm"`` when both sides are beatmap folders whose maps pair up by name). Keys are those of each metric
     (``fid``; ``fid_low``/``fid_high``/``fid_bias_corrected``/``fid_std``; ``fd_inf``;
     ``kid``/``kid_std``; ``precision``/``recall``/``density``/``coverage``; ``cmmd``;
-    ``active_precision``/... ``bpm_rmse``/``drain_time_rmse`` for rhythm) plus ``n_real`` and
-    ``n_generated`` (vectors per side). Per-metric options go by metric name, e.g.
+    ``active_precision``/... ``bpm_rmse``/``drain_time_rmse`` for rhythm; calc_fid's
+    ``star_rating_rmse``/``bpm_integrated_rmse``/``drain_time_gap_rmse``/``ssm_rmse`` for
+    ``"paired"``, which joins the defaults with rhythm; ``real_in_training``/...
+    ``generated_near_duplicates`` for ``"overlap"``, see :mod:`beatmap_fid.metrics.calc_fid`)
+    plus ``n_real`` and ``n_generated`` (vectors per side). When both sides are beatmap
+    folders spanning several game modes, every value is also given per mode as ``key@mode``
+    (``fid@taiko``; :mod:`beatmap_fid.by_mode`). Per-metric options go by metric name, e.g.
     ``evaluate(a, b, ["kid"], kid={"subset_size": 100})``; KID's ``subset_size`` defaults to
     min(1000, half the smaller set), so that its subsets differ and its std means something. ``extractor_options`` build the extractor; ``strict``
     fails when any source was skipped.

@@ -23,6 +23,10 @@ writes, into one folder:
 - FID-against-N curves: FID of nested random subsets of growing size, for a few seeds, with the
   fitted FD∞ + c/N and the FD∞ line (:func:`beatmap_fid.metrics.fd_infinity`).
 
+With several extractors (``extractor="descriptors,cm3p"``) both folders are read once for all
+of them, every sample metric is reported per extractor, and per game mode; calc_fid's pair
+metrics and the training-set overlap get their own sections (:mod:`beatmap_fid.report_sections`).
+
 The HTML file has its CSS inline and its figures as base64 PNG data URIs: it opens anywhere,
 offline, and makes no external request.
 """

@@ -19,7 +19,8 @@ last object's whole second and counts timing points from their whole second
 (``timedelta.seconds``). Differences: the maps are read by
 :mod:`beatmap_fid.beatmap.reading`, so old files without the hitSample field and other repaired
 oddities (on which the reference crashes) are parsed, and timing points are sorted by time with
-inherited points before the first uninherited one dropped.
+inherited points before the first uninherited one dropped. Catmull sliders, on which slider
+(and so the reference) fails under NumPy 2.4, are read (:func:`curve_end`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,22 @@ class _Timing:
     def uninherited_at(self, time: timedelta) -> slider.beatmap.TimingPoint:
         point = self.at(time)
         return point if point.parent is None else point.parent
+
+
+def curve_end(curve) -> tuple[float, float]:
+    """``curve(1)``, the slider's end point. slider's Catmull curve converts one-element arrays
+    with ``float()``, which NumPy 2.4 refuses; its formula is then evaluated here (at t = 1 it
+    gives the last control point)."""
+    try:
+        return curve(1)
+    except TypeError:
+        if not isinstance(curve, Catmull):
+            raise
+        weights = np.ones(4) @ curve.h  # S = [t³, t², t, 1] at t = 1
+        return (
+            float((weights @ curve.Cxs[-1]).item()),
+            float((weights @ curve.Cys[-1]).item()),
+        )
 
 
 def _scroll_speed(point: slider.beatmap.TimingPoint) -> float:
@@ -280,7 +297,7 @@ class _Parser:
         group, last = self.group(
             "repeat_end",
             obj.end_time,
-            position=curve(1),
+            position=curve_end(curve),
             last=last,
             sounds=[
                 (

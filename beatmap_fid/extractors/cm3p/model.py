@@ -118,6 +118,18 @@ BEATMAP_DEFAULTS = {
     "global_attn_every_n_layers": 3,
 }
 UNUSED_PREFIXES = ("head.", "decoder.")
+DEFAULT_MODES = {"0": "osu", "1": "taiko", "2": "fruits", "3": "mania"}
+"""Mode table of :func:`random_checkpoint` (osu! API names)."""
+DEFAULT_STATUSES = {
+    "-2": "graveyard",
+    "-1": "wip",
+    "0": "pending",
+    "1": "ranked",
+    "2": "approved",
+    "3": "qualified",
+    "4": "loved",
+}
+"""Status table of :func:`random_checkpoint` (osu! API names and ids)."""
 """Checkpoint weights of the masked-LM head, which embeddings do not use."""
 
 
@@ -421,7 +433,8 @@ def random_checkpoint(
     """Write a CM3P checkpoint of ``size`` with random weights (seeded) into ``folder`` in the
     reference layout: released processor settings, the masked-LM head included as the released
     checkpoint has it. ``metadata_tables`` sets the metadata tokenizer's ``modes``,
-    ``statuses``, ``mappers`` and ``tags``. Returns the folder."""
+    ``statuses``, ``mappers`` and ``tags`` (default: the osu! modes and statuses, no mappers
+    and no tags). Returns the folder."""
     import torch
 
     from beatmap_fid.extractors.cm3p.checkpoint import (
@@ -442,7 +455,8 @@ def random_checkpoint(
     )
 
     beatmap_settings = BeatmapTokenizerSettings()
-    metadata_settings = MetadataTokenizerSettings(**(metadata_tables or {}))
+    tables = {"modes": DEFAULT_MODES, "statuses": DEFAULT_STATUSES, **(metadata_tables or {})}
+    metadata_settings = MetadataTokenizerSettings(**tables)
 
     def with_specials(vocab: dict[str, int], special: dict[str, str], extra: list[str]):
         ids = dict(vocab)
