@@ -2,9 +2,9 @@
 
 In the style of torch-fidelity: metrics are found by name (the sample metrics of
 :data:`beatmap_fid.metrics.METRICS`, plus ``"rhythm"``, ``"paired"`` and ``"overlap"``), each
-side is embedded at most once,
-and the answer is a flat dict of floats (``{"fid": ..., "fid_low": ..., "kid": ...,
-"precision": ..., "active_f1": ...}``) that also records the number of vectors per side.
+side is embedded at most once, and the answer is a flat dict of floats (``{"fid": ...,
+"fid_low": ..., "kid": ..., "precision": ..., "active_f1": ...}``) that also records the number
+of vectors per side.
 
 Sides may be folders or files of sources (embedded with ``extractor`` into resumable stores,
 as :func:`beatmap_fid.api.compute_fid` does), embedding stores (``.h5`` paths or open stores),
