@@ -240,6 +240,14 @@ def test_checkpoint_python_files_are_never_run(checkpoint, tmp_path):
     assert built.dim == 512 and not marker.exists()
 
 
+def test_other_weights_give_another_configuration(checkpoint, tmp_path):
+    other = random_checkpoint(tmp_path / "other", "tiny", seed=1, metadata_tables=TABLES)
+    first, second = read_checkpoint(checkpoint), read_checkpoint(other)
+    assert first.config == second.config  # same shapes and settings
+    assert first.sha256 != second.sha256
+    assert read_checkpoint(checkpoint).sha256 == first.sha256
+
+
 def test_missing_checkpoint_and_offline_hub_give_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match="checkpoint folder or a Hugging Face repo id"):
         read_checkpoint(tmp_path / "nowhere" / "x.y")

@@ -222,6 +222,12 @@ def _window_settings(folder: Path) -> WindowSettings:
     values["hop_length"] = audio_kwargs.get("hop_length", audio.get("hop_length", 160))
     values["sampling_rate"] = audio_kwargs.get("sampling_rate", audio.get("sampling_rate", 16000))
     settings = _settings_from(WindowSettings, values)
+    if settings.pad_to_multiple_of // settings.hop_length != settings.max_source_positions:
+        raise ExtractorError(
+            f"{folder}: an audio block of {settings.pad_to_multiple_of} samples makes "
+            f"{settings.pad_to_multiple_of // settings.hop_length} mel frames, not "
+            f"max_source_positions {settings.max_source_positions}; such settings are not supported"
+        )
     if settings.window_samples > settings.pad_to_multiple_of:
         raise ExtractorError(
             f"{folder}: windows of {settings.window_length_sec} s are longer than the audio "
@@ -244,8 +250,8 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _digest(files: list[Path]) -> str:
-    """SHA-256 over the JSON files and the safetensors headers (weights are not re-hashed:
-    their header holds each tensor's dtype, shape and offsets, the file size the rest)."""
+    """SHA-256 over the checkpoint's JSON files and weights: stores made with other weights or
+    other settings get another extractor configuration."""
     digest = hashlib.sha256()
     folder = files[0].parent
     for path in sorted(folder.rglob("*.json")):
@@ -253,9 +259,8 @@ def _digest(files: list[Path]) -> str:
         digest.update(path.read_bytes())
     for path in files:
         with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            digest.update(handle.read(size))
-        digest.update(str(path.stat().st_size).encode())
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
