@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,72 @@ class EmbedResult:
             return store.vectors(np.array([row_of[i] for i in self.ids], dtype=np.int64))
 
 
+class StoreSession:
+    """One extractor writing one store: the rows of the items it is offered, each embedded
+    at most once per fingerprint.
+
+    :meth:`new_items` fingerprints items and passes on those the store does not hold with
+    that fingerprint; :meth:`write` embeds a batch of them and appends it; :meth:`close`
+    returns what was done. :func:`embed_to_store` runs one session over a source; several
+    sessions share one pass over a folder of maps in :func:`beatmap_fid.embed_many.embed_many`.
+    """
+
+    def __init__(self, extractor: Extractor, store_path: Path, skipped: SkipLog) -> None:
+        self.extractor = extractor
+        self.store_path = store_path
+        self.skipped = skipped
+        self.ids: list[str] = []
+        self.written = self.reused = self.replaced = 0
+        self._fingerprint = Fingerprinter(extractor.config)
+        self._prints: dict[str, str | None] = {}
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = StoreWriter(store_path, extractor.name, extractor.config, extractor.dim)
+
+    def new_items(self, items: Iterable[Item]) -> Iterator[Item]:
+        """The items that need embedding; the others are counted as reused."""
+        for item in items:
+            try:
+                self._prints[item.id] = self._fingerprint(item)
+            except SourceError as error:
+                self.skipped.add(item.id, str(error))
+                continue
+            if self._writer.holds(item.id, self._prints[item.id]):
+                self.reused += 1
+                self.ids.append(item.id)
+                continue
+            yield item
+
+    def write(self, batch: Sequence[Item]) -> None:
+        """Embed ``batch`` and append its rows."""
+        if not batch:
+            return
+        batch_ids = [item.id for item in batch]
+        vectors = self.extractor.embed([item.payload for item in batch])
+        labels = [item.label or "" for item in batch]
+        self.replaced += sum(item_id in self._writer for item_id in batch_ids)
+        self.written += self._writer.append(
+            batch_ids,
+            vectors,
+            labels if any(labels) else None,
+            fingerprints=[self._prints[i] for i in batch_ids],
+            n_events=[item.n_events for item in batch],
+        )
+        self.ids.extend(batch_ids)
+
+    def close(self, prune: bool = False) -> EmbedResult:
+        """Close the store (with ``prune``, keeping only this session's rows)."""
+        if prune:
+            self._writer.retain(self.ids)
+        self._writer.close()
+        return EmbedResult(
+            self.store_path, self.ids, self.written, self.reused, self.skipped, self.replaced
+        )
+
+    def abort(self) -> None:
+        """Close the store after an error, keeping what was committed."""
+        self._writer.close()
+
+
 def embed_to_store(
     source: str | Path,
     extractor: Extractor | str = DEFAULT_EXTRACTOR,
@@ -112,49 +178,18 @@ def embed_to_store(
         raise InputError(f"source {source} does not exist")
     if store_path is None:
         store_path, prune = store_path_for(source, extractor), True
-    store_path = Path(store_path)
-    store_path.parent.mkdir(parents=True, exist_ok=True)
-
     skipped = SkipLog()
-    ids: list[str] = []
-    written = reused = replaced = 0
-    fingerprint = Fingerprinter(extractor.config)
-    with StoreWriter(store_path, extractor.name, extractor.config, extractor.dim) as writer:
-        prints: dict[str, str | None] = {}
-
-        def new_items() -> Iterator[Item]:
-            nonlocal reused
-            for item in extractor.items(source, skipped):
-                try:
-                    prints[item.id] = fingerprint(item)
-                except SourceError as error:
-                    skipped.add(item.id, str(error))
-                    continue
-                if writer.holds(item.id, prints[item.id]):
-                    reused += 1
-                    ids.append(item.id)
-                    continue
-                yield item
-
-        bar = tqdm(desc=f"embedding {source.name}", unit="item", disable=not progress)
-        for batch in extractor_batches(extractor, new_items(), batch_size, skipped):
-            batch_ids = [item.id for item in batch]
-            vectors = extractor.embed([item.payload for item in batch])
-            labels = [item.label or "" for item in batch]
-            replaced += sum(item_id in writer for item_id in batch_ids)
-            written += writer.append(
-                batch_ids,
-                vectors,
-                labels if any(labels) else None,
-                fingerprints=[prints[i] for i in batch_ids],
-                n_events=[item.n_events for item in batch],
-            )
-            ids.extend(batch_ids)
-            bar.update(len(batch))
-        bar.close()
-        if prune:
-            writer.retain(ids)
-    return EmbedResult(store_path, ids, written, reused, skipped, replaced)
+    session = StoreSession(extractor, Path(store_path), skipped)
+    try:
+        items = session.new_items(extractor.items(source, skipped))
+        with tqdm(desc=f"embedding {source.name}", unit="item", disable=not progress) as bar:
+            for batch in extractor_batches(extractor, items, batch_size, skipped):
+                session.write(batch)
+                bar.update(len(batch))
+    except BaseException:
+        session.abort()
+        raise
+    return session.close(prune)
 
 
 def store_path_for(source: Path, extractor: Extractor, store_dir: str | Path | None = None) -> Path:

@@ -1,9 +1,10 @@
 """One call for every metric: ``evaluate(real, generated, metrics=[...])`` returns one dict.
 
 In the style of torch-fidelity: metrics are found by name (the sample metrics of
-:data:`beatmap_fid.metrics.METRICS`, plus ``"rhythm"``), each side is embedded at most once,
-and the answer is a flat dict of floats (``{"fid": ..., "fid_low": ..., "kid": ...,
-"precision": ..., "active_f1": ...}``) that also records the number of vectors per side.
+:data:`beatmap_fid.metrics.METRICS`, plus ``"rhythm"``, ``"paired"`` and ``"overlap"``), each
+side is embedded at most once, and the answer is a flat dict of floats (``{"fid": ...,
+"fid_low": ..., "kid": ..., "precision": ..., "active_f1": ...}``) that also records the number
+of vectors per side.
 
 Sides may be folders or files of sources (embedded with ``extractor`` into resumable stores,
 as :func:`beatmap_fid.api.compute_fid` does), embedding stores (``.h5`` paths or open stores),
@@ -79,8 +80,9 @@ class EvalSide:
 def metric_names() -> list[str]:
     """Every name :func:`evaluate` accepts."""
     from beatmap_fid.metrics import METRICS
+    from beatmap_fid.metrics.calc_fid import OVERLAP, PAIRED
 
-    return [*METRICS, RHYTHM]
+    return [*METRICS, RHYTHM, PAIRED, OVERLAP]
 
 
 def is_beatmap_folder(source: Any) -> bool:
@@ -291,12 +293,20 @@ def compute_metrics(
     *,
     device: str | None = None,
     progress: bool = True,
+    details: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], Any]:
     """The dict of ``metrics`` between two loaded sides, and the rhythm result (or None).
 
-    ``options`` maps a metric name to its keyword arguments.
+    ``options`` maps a metric name to its keyword arguments. ``details``, when given, receives
+    the full results of the pair metrics (``"paired"``, ``"overlap"``).
     """
     from beatmap_fid.metrics import METRICS
+    from beatmap_fid.metrics.calc_fid import (
+        OVERLAP,
+        PAIRED,
+        overlap_from_sides,
+        paired_from_sides,
+    )
     from beatmap_fid.metrics.rhythm import rhythm_metrics
 
     options = options or {}
@@ -312,6 +322,18 @@ def compute_metrics(
                 )
             rhythm = rhythm_metrics(real.beatmap_folder, generated.beatmap_folder, **given)
             result.update(rhythm.as_dict())
+            continue
+        if name == PAIRED:
+            paired = paired_from_sides(real, generated, given, progress=progress)
+            result.update(paired.as_dict())
+            if details is not None:
+                details[PAIRED] = paired
+            continue
+        if name == OVERLAP:
+            found, overlap = overlap_from_sides(real, generated, **given)
+            result.update(found)
+            if details is not None:
+                details[OVERLAP] = overlap
             continue
         metric_options = _metric_options(name, given, real, generated, device, progress)
         values = METRICS[name](real.features, generated.features, **metric_options)
@@ -330,7 +352,7 @@ def check_metric_names(
     if isinstance(metrics, str):
         metrics = [metrics]
     if metrics is None:
-        metrics = [*DEFAULT_METRICS, *([RHYTHM] if rhythm_possible else [])]
+        metrics = [*DEFAULT_METRICS, *([RHYTHM, "paired"] if rhythm_possible else [])]
     unknown = [m for m in metrics if m not in known]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; choose from {known}")
@@ -365,8 +387,13 @@ def evaluate(
     ``"rhythm"`` when both sides are beatmap folders whose maps pair up by name). Keys are those of each metric
     (``fid``; ``fid_low``/``fid_high``/``fid_bias_corrected``/``fid_std``; ``fd_inf``;
     ``kid``/``kid_std``; ``precision``/``recall``/``density``/``coverage``; ``cmmd``;
-    ``active_precision``/... ``bpm_rmse``/``drain_time_rmse`` for rhythm) plus ``n_real`` and
-    ``n_generated`` (vectors per side). Per-metric options go by metric name, e.g.
+    ``active_precision``/... ``bpm_rmse``/``drain_time_rmse`` for rhythm; calc_fid's
+    ``star_rating_rmse``/``bpm_integrated_rmse``/``drain_time_gap_rmse``/``ssm_rmse`` for
+    ``"paired"``, which joins the defaults with rhythm; ``real_in_training``/...
+    ``generated_near_duplicates`` for ``"overlap"``, see :mod:`beatmap_fid.metrics.calc_fid`)
+    plus ``n_real`` and ``n_generated`` (vectors per side). When both sides are beatmap
+    folders spanning several game modes, every value is also given per mode as ``key@mode``
+    (``fid@taiko``; :mod:`beatmap_fid.by_mode`). Per-metric options go by metric name, e.g.
     ``evaluate(a, b, ["kid"], kid={"subset_size": 100})``; KID's ``subset_size`` defaults to
     min(1000, half the smaller set), so that its subsets differ and its std means something. ``extractor_options`` build the extractor; ``strict``
     fails when any source was skipped.
@@ -376,11 +403,12 @@ def evaluate(
     )
     names = check_metric_names(metrics, options, rhythm_applies(real, generated, mapping))
     vector_metrics = [m for m in names if m != RHYTHM]
+    both_folders = is_beatmap_folder(real) and is_beatmap_folder(generated)
     sides = load_sides(
         real,
         generated,
         extractor,
-        need_vectors=any(m != "fid" for m in vector_metrics),
+        need_vectors=both_folders or any(m != "fid" for m in vector_metrics),
         store_dir=store_dir,
         batch_size=batch_size,
         strict=strict,
@@ -388,6 +416,9 @@ def evaluate(
         extractor_options=extractor_options,
     )
     values, _ = compute_metrics(*sides, names, options, device=device, progress=progress)
+    from beatmap_fid.by_mode import per_mode_values
+
+    values.update(per_mode_values(*sides, names, options, device=device)[0])
     return values
 
 

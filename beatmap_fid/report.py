@@ -29,6 +29,10 @@ writes, into one folder:
   (:func:`~beatmap_fid.metrics.fid_uncertainty.sample_warnings`), in ``report.json``
   (``"warnings"``) and at the top of the page.
 
+With several extractors (``extractor="descriptors,cm3p"``) both folders are read once for all
+of them, every sample metric is reported per extractor, and per game mode; calc_fid's pair
+metrics and the training-set overlap get their own sections (:mod:`beatmap_fid.report_sections`).
+
 The HTML file has its CSS inline and its figures as base64 PNG data URIs: it opens anywhere,
 offline, and makes no external request.
 """
@@ -50,17 +54,24 @@ from tqdm.auto import tqdm
 
 from beatmap_fid._version import __version__
 from beatmap_fid.api import DEFAULT_EXTRACTOR
+from beatmap_fid.embed_many import sides_for_extractors
 from beatmap_fid.errors import InputError, InsufficientSamplesError
 from beatmap_fid.evaluate import (
     RHYTHM,
     EvalSide,
     check_metric_names,
     compute_metrics,
-    load_sides,
     rhythm_applies,
 )
 from beatmap_fid.extractors.base import Extractor, map_id
 from beatmap_fid.metrics.fid_uncertainty import sample_warnings, split_half_fid
+from beatmap_fid.report_sections import (
+    PAIR_METRICS,
+    build_extractors,
+    extractor_metrics,
+    render_sections,
+    ssm_index,
+)
 
 REPORT_METRICS = ("fid", "fid_ci", "kid", "prdc")
 """Metrics of the report when none are named (plus rhythm when it applies); FD∞ always."""
@@ -280,35 +291,50 @@ def build_report(
     )
     rhythm_options = options.get(RHYTHM) or {}
     if metrics is None and rhythm_applies(real, generated, rhythm_options.get("mapping")):
-        names.append(RHYTHM)
+        names += [RHYTHM, "paired"]
+    if "overlap" in options and "overlap" not in names:
+        names.append("overlap")
     names = [n for n in names if n != "fd_inf"]  # FD∞ comes from the curves below
     output_dir = Path(output_dir)
     stages = tqdm(total=6, desc="report", unit="step", disable=not progress)
 
-    real_side, gen_side = load_sides(
-        real,
-        generated,
-        extractor,
-        store_dir=store_dir,
-        batch_size=batch_size,
-        progress=progress,
-        extractor_options=extractor_options,
+    extractors = build_extractors(extractor, extractor_options)
+    all_sides = sides_for_extractors(
+        real, generated, extractors, store_dir=store_dir, batch_size=batch_size, progress=progress
     )
+    real_side, gen_side = all_sides[0]
     stages.update()
 
-    values: dict[str, float] = {}
-    notes: dict[str, str] = {}
+    per_extractor = []
+    for built, (real_e, gen_e) in zip(extractors, all_sides):
+        found, found_notes = extractor_metrics(real_e, gen_e, names, options)
+        per_extractor.append(
+            {
+                "name": built.name,
+                "config_hash": real_e.config_hash,
+                "metrics": found,
+                "notes": found_notes,
+            }
+        )
+    values: dict[str, float] = dict(per_extractor[0]["metrics"])
+    notes: dict[str, str] = dict(per_extractor[0]["notes"])
     rhythm = None
-    for name in names:
+    details: dict[str, Any] = {}
+    for name in [n for n in names if n in PAIR_METRICS]:
+        sides = all_sides[ssm_index(extractors)] if name == "paired" else (real_side, gen_side)
         try:
             found, found_rhythm = compute_metrics(
-                real_side, gen_side, [name], options, progress=False
+                *sides, [name], options, progress=False, details=details
             )
-        except InputError as err:  # e.g. too few samples for KID's subsets: noted, not fatal
+        except InputError as err:  # e.g. maps that do not pair up: noted, not fatal
             notes[name] = str(err)
             continue
         values.update(found)
         rhythm = found_rhythm or rhythm
+    if rhythm is not None:
+        from beatmap_fid.by_mode import per_mode_values
+
+        values.update(per_mode_values(real_side, gen_side, ["rhythm"], options)[0])
     stages.update()
 
     x, y = real_side.vectors, gen_side.vectors
@@ -413,6 +439,10 @@ def build_report(
             },
         },
         "rhythm": rhythm.to_dict() if rhythm is not None else None,
+        "extractors": per_extractor,
+        "paired": details["paired"].to_dict() if "paired" in details else None,
+        "ssm_extractor": extractors[ssm_index(extractors)].name,
+        "overlap": details.get("overlap"),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / "report.json"
@@ -724,6 +754,7 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
 {scale_html}
 {notes}
 {_rhythm_section(data.get("rhythm"))}
+{render_sections(data)}
 <h2>Figures</h2>
 <div class="figures">{figures}</div>
 <h2>Generated maps furthest from the real set</h2>

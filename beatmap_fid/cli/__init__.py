@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from beatmap_fid._version import __version__
 from beatmap_fid.errors import BeatmapFidError
 
-VERB_MODULES = ("core", "similarity", "report", "classifier")
+VERB_MODULES = ("core", "similarity", "report", "classifier", "describe")
 
 
 def build_parser() -> argparse.ArgumentParser:

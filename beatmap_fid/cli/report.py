@@ -53,6 +53,30 @@ def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
             f"{_format(metrics['passive_f1'])}; BPM RMSE {_format(metrics['bpm_rmse'])}; "
             f"drain-time RMSE {_format(metrics['drain_time_rmse'])} s"
         )
+    extractors = data.get("extractors") or []
+    if len(extractors) > 1:
+        for entry in extractors:
+            found = entry["metrics"]
+            lines.append(
+                f"  FID ({entry['name']}): {_format(found.get('fid'))}"
+                + (
+                    f"  (95% CI {_format(found['fid_low'])} – {_format(found['fid_high'])})"
+                    if "fid_low" in found
+                    else ""
+                )
+            )
+    paired = (data.get("paired") or {}).get("values") or {}
+    if paired:
+        lines.append(
+            f"calc_fid pairs ({_format(paired.get('paired_maps'))}): SR RMSE "
+            f"{_format(paired.get('star_rating_rmse'))}; BPM RMSE (time-integrated) "
+            f"{_format(paired.get('bpm_integrated_rmse'))}; drain RMSE (8 s gaps) "
+            f"{_format(paired.get('drain_time_gap_rmse'))} s; SSM RMSE "
+            f"{_format(paired.get('ssm_rmse'))}"
+        )
+    by_mode = sorted(k for k in metrics if "@" in k and k.split("@")[0] in ("fid", "active_f1"))
+    if by_mode:
+        lines.append("per mode: " + ", ".join(f"{k} {_format(metrics[k])}" for k in by_mode))
     for name, note in data["notes"].items():
         lines.append(f"{name} not computed: {note}")
     lines += [f"warning: {text}" for text in data["warnings"]]
@@ -73,7 +97,16 @@ def _run_report(args: argparse.Namespace) -> int:
     options: dict[str, dict[str, Any]] = {}
     if args.mapping:
         options["rhythm"] = {"mapping": args.mapping}
+        options["paired"] = {"mapping": args.mapping}
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    if args.training_ids or args.training_store:
+        options["overlap"] = {
+            "training_ids": args.training_ids,
+            "training_store": args.training_store,
+            "threshold": args.duplicate_threshold,
+        }
+        if metrics is not None and "overlap" not in metrics:
+            metrics.append("overlap")
     with store_dir_of(args) as store_dir:
         result = build_report(
             args.real,
@@ -175,6 +208,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="FID-against-N curves (3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 2-D map's subsample")
     parser.add_argument("--title", help="report title (default: 'REAL vs GENERATED')")
+    parser.add_argument(
+        "--training-ids", help="training-set overlap: file of training beatmap ids, one per line"
+    )
+    parser.add_argument(
+        "--training-store",
+        help="training-set overlap: store (.h5) of training maps embedded with the first extractor",
+    )
+    parser.add_argument(
+        "--duplicate-threshold",
+        type=float,
+        default=0.99,
+        help="cosine of mean window embeddings from which a map is a near-duplicate (0.99)",
+    )
     add_json_flag(parser)
     parser.set_defaults(run=_run_report)
 

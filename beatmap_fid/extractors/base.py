@@ -154,6 +154,7 @@ BUILTIN_EXTRACTOR_MODULES = (
     "beatmap_fid.extractors.inception",
     "beatmap_fid.extractors.audio",
     "beatmap_fid.extractors.beatmap_image",
+    "beatmap_fid.extractors.cm3p",
 )
 
 

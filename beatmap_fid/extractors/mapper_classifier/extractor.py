@@ -136,6 +136,7 @@ class MapperClassifierExtractor:
         self.device = resolve_device(device)
         self.precision = precision
         self.modes = tuple(modes)
+        self._audio_cache: dict[Path, np.ndarray] = {}  # the last song decoded
         self.decoder = resolve_decoder(decoder)
         self.model = loaded.model.to(self.device).eval()
         self.tokenizer = make_tokenizer(loaded.tokenizer)
@@ -157,54 +158,60 @@ class MapperClassifierExtractor:
 
         return load_pcm_audio(path, self.settings.sample_rate, self.decoder)
 
-    def items(self, source: str | Path, skipped: SkipLog) -> Iterator[Item]:
-        """One item per window of every readable map with audio under ``source``."""
-        from beatmap_fid.beatmap.reading import iter_beatmap_files
+    def beatmap_items(self, beatmap_file: Any, skipped: SkipLog) -> list[Item]:
+        """The window items of one parsed map (none, recorded in ``skipped``, when it cannot be
+        used). The last decoded song is kept for the next difficulty of the same set."""
         from beatmap_fid.beatmap.tokenizer import PAD_ID
 
-        audio_cache: tuple[Path | None, np.ndarray | None] = (None, None)
-        for beatmap_file in iter_beatmap_files(source, skipped, modes=self.modes):
-            if beatmap_file.audio_path is None:
-                named = beatmap_file.beatmap.audio_filename or "none"
-                skipped.add(
-                    beatmap_file.id, f"no audio: the audio file it names ({named}) is missing"
-                )
-                continue
+        cache = self._audio_cache
+        if beatmap_file.audio_path is None:
+            named = beatmap_file.beatmap.audio_filename or "none"
+            skipped.add(beatmap_file.id, f"no audio: the audio file it names ({named}) is missing")
+            return []
+        try:
+            if beatmap_file.audio_path not in cache:
+                cache.clear()
+                cache[beatmap_file.audio_path] = self.load_audio(beatmap_file.audio_path)
+            audio = cache[beatmap_file.audio_path]
+            events, times = event_stream(beatmap_file.beatmap, self.settings)
+        except (SourceError, InputError) as error:
+            skipped.add(beatmap_file.id, str(error))
+            return []
+        starts = window_start_samples(len(audio), self.settings)
+        if len(starts) == 0:
+            skipped.add(beatmap_file.id, "too short: the audio is shorter than one window")
+            return []
+        items = []
+        for k, start in enumerate(starts.tolist()):
             try:
-                if audio_cache[0] != beatmap_file.audio_path:
-                    audio_cache = (
-                        beatmap_file.audio_path,
-                        self.load_audio(beatmap_file.audio_path),
-                    )
-                audio = audio_cache[1]
-                events, times = event_stream(beatmap_file.beatmap, self.settings)
-            except (SourceError, InputError) as error:
-                skipped.add(beatmap_file.id, str(error))
+                payload = window_payload(
+                    audio,
+                    events,
+                    times,
+                    start_ms_of_sample(start, self.settings.sample_rate),
+                    self.settings,
+                    self.tokenizer,
+                )
+            except InputError as error:
+                skipped.add(f"{beatmap_file.id}#{k}", f"untokenizable: {error}")
                 continue
-            starts = window_start_samples(len(audio), self.settings)
-            if len(starts) == 0:
-                skipped.add(beatmap_file.id, "too short: the audio is shorter than one window")
-                continue
-            for k, start in enumerate(starts.tolist()):
-                try:
-                    payload = window_payload(
-                        audio,
-                        events,
-                        times,
-                        start_ms_of_sample(start, self.settings.sample_rate),
-                        self.settings,
-                        self.tokenizer,
-                    )
-                except InputError as error:
-                    skipped.add(f"{beatmap_file.id}#{k}", f"untokenizable: {error}")
-                    continue
-                yield Item(
+            items.append(
+                Item(
                     f"{beatmap_file.id}#{k}",
                     payload,
                     beatmap_file.creator,
-                    (beatmap_file.path, beatmap_file.audio_path),
-                    int(np.count_nonzero(payload.tokens != PAD_ID)),
+                    sources=(beatmap_file.path, beatmap_file.audio_path),
+                    n_events=int(np.count_nonzero(payload.tokens != PAD_ID)),
                 )
+            )
+        return items
+
+    def items(self, source: str | Path, skipped: SkipLog) -> Iterator[Item]:
+        """One item per window of every readable map with audio under ``source``."""
+        from beatmap_fid.beatmap.reading import iter_beatmap_files
+
+        for beatmap_file in iter_beatmap_files(source, skipped, modes=self.modes):
+            yield from self.beatmap_items(beatmap_file, skipped)
 
     def forward(self, payloads: Sequence[WindowPayload]) -> tuple[np.ndarray, np.ndarray]:
         """Feature vectors (n, dim) and logits (n, num_classes), float32, for a batch."""
