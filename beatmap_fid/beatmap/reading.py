@@ -10,8 +10,9 @@ itself accepts, and only then handed to ``slider``.
 Every refusal is a :class:`~beatmap_fid.errors.SourceError` whose message starts with a short
 reason category before the first colon (``"malformed: line 12 in [HitObjects]: ..."``), so a
 :class:`~beatmap_fid.errors.SkipLog` can count skips per reason. Categories: ``missing``,
-``unreadable``, ``too large``, ``empty``, ``not a beatmap``, ``malformed``, ``absurd``,
-``unsupported mode``, ``no hit objects``.
+``unreadable``, ``too large`` (the file, or a slider with more than :data:`MAX_SLIDER_POINTS`
+control points), ``empty``, ``not a beatmap``, ``malformed``, ``absurd``, ``unsupported
+mode``, ``no hit objects``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ MAX_CONTROL_POINT = 1_000_000.0
 """Largest slider control point coordinate read (real maps place some far off screen)."""
 MAX_REPEATS = 9000
 """Largest slider repeat count the game accepts."""
+MAX_SLIDER_POINTS = 100_000
+"""Most slider control points read in one map, all its sliders together; a map with more is
+refused (``too large``). Real maps stay far below (the most among 687 real maps is 18 378, the
+longest slider 2 796). Slider paths are evaluated in time linear in their control points, so
+a map at the limit costs seconds, not hours (see ``benchmarks/RESULTS.md``)."""
 MAX_TIME_MS = 2**31 - 1
 MAX_OBJECT_MS = 3_600_000
 """A single slider or spinner lasting longer than an hour is treated as absurd."""
@@ -381,8 +387,12 @@ def _path_length(points: list[tuple[int, int]]) -> float:
     return sum(math.dist(a, b) for a, b in pairwise(points))
 
 
-def _normalise_hit_object(fields: list[str], notes: set[str]) -> tuple[int, str]:
-    """Time and clean text of one hit object line (fields already split on commas)."""
+def _normalise_hit_object(
+    fields: list[str], notes: set[str], points_left: int
+) -> tuple[int, str, int]:
+    """Time, clean text and number of slider control points (0 for other objects) of one hit
+    object line (fields already split on commas); a slider with more than ``points_left``
+    control points is refused."""
     if len(fields) < 4:
         raise _BadLine("malformed", f"a hit object needs at least 4 fields, got {len(fields)}")
     x = _coordinate(fields[0], "x")
@@ -397,28 +407,44 @@ def _normalise_hit_object(fields: list[str], notes: set[str]) -> tuple[int, str]
         sample = rest[0] if rest and rest[0] else _DEFAULT_HIT_SAMPLE
         if not rest:
             notes.add("circle(s) without the hitSample field read as 0:0")
-        return time, f"{head},{_CIRCLE | combo},{hitsound},{sample}"
+        return time, f"{head},{_CIRCLE | combo},{hitsound},{sample}", 0
     if type_ & _SLIDER:
-        return time, _normalise_slider(head, x, y, combo, hitsound, rest, notes)
+        return time, *_normalise_slider(head, x, y, combo, hitsound, rest, notes, points_left)
     if type_ & _SPINNER:
         end = _integer(rest[0], "spinner end time", strict=False) if rest and rest[0] else time
         if end < time:
             notes.add("spinner(s) ending before they start shortened to zero length")
             end = time
         sample = rest[1] if len(rest) > 1 and rest[1] else _DEFAULT_HIT_SAMPLE
-        return time, f"{head},{_SPINNER | combo},{hitsound},{end},{sample}"
+        return time, f"{head},{_SPINNER | combo},{hitsound},{end},{sample}", 0
     if type_ & _HOLD:
         end_text = rest[0].split(":", 1)[0] if rest else ""
         end = max(_integer(end_text, "hold end time", strict=False), time) if end_text else time
-        return time, f"{head},{_HOLD | combo},{hitsound},{end}"
+        return time, f"{head},{_HOLD | combo},{hitsound},{end}", 0
     raise _BadLine("malformed", f"unknown hit object type {type_}")
 
 
 def _normalise_slider(
-    head: str, x: int, y: int, combo: int, hitsound: int, rest: list[str], notes: set[str]
-) -> str:
+    head: str,
+    x: int,
+    y: int,
+    combo: int,
+    hitsound: int,
+    rest: list[str],
+    notes: set[str],
+    points_left: int,
+) -> tuple[str, int]:
+    """Clean text of a slider and its number of control points (the head and every point
+    written after the curve type), refused beyond ``points_left`` before they are parsed."""
     if not rest or not rest[0]:
         raise _BadLine("malformed", "slider without a curve")
+    n_points = rest[0].count("|") + 1
+    if n_points > points_left:
+        raise _BadLine(
+            "too large",
+            f"the map's sliders have more than {MAX_SLIDER_POINTS} control points "
+            "(the most read in one map)",
+        )
     kind, *tokens = rest[0].split("|")
     kind = kind.strip().upper()
     if kind not in ("B", "L", "P", "C"):
@@ -468,10 +494,11 @@ def _normalise_slider(
     length_text = (
         rest[2] if len(rest) > 2 and rest[2] and float(rest[2]) == length else repr(length)
     )
-    return (
+    text = (
         f"{head},{_SLIDER | combo},{hitsound},{curve},{slides},{length_text},"
         f"{edge_sounds},{edge_sets},{sample}"
     )
+    return text, n_points
 
 
 def _normalise_hit_objects(
@@ -480,14 +507,18 @@ def _normalise_hit_objects(
     """Clean hit object lines sorted by time (stable), and their original line numbers."""
     objects: list[tuple[int, int, str]] = []
     line_notes: set[str] = set()
+    control_points = 0
     for index, (number, line) in enumerate(lines):
         try:
-            time, text = _normalise_hit_object([f.strip() for f in line.split(",")], line_notes)
+            time, text, points = _normalise_hit_object(
+                [f.strip() for f in line.split(",")], line_notes, MAX_SLIDER_POINTS - control_points
+            )
         except _BadLine as exc:
             if exc.category == "malformed" and index == len(lines) - 1 and index > 0:
                 notes.append(f"ignored the incomplete last line {number} (file truncated?): {exc}")
                 break
             raise SourceError(f"{exc.category}: line {number} in [HitObjects]: {exc}") from None
+        control_points += points
         objects.append((time, number, text))
     notes.extend(sorted(line_notes))
     if any(a[0] > b[0] for a, b in pairwise(objects)):

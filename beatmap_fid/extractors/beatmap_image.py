@@ -117,14 +117,25 @@ def render_window(
     beatmap: slider.Beatmap, start_ms: float, end_ms: float, size: int = 224
 ) -> np.ndarray:
     """uint8 ``(size, size, 3)`` picture of the objects starting in ``[start_ms, end_ms)``."""
-    image = np.zeros((size, size, 3), dtype=np.uint8)
-    scale = size / FIELD_SPAN
-    radius = max((54.4 - 4.48 * float(beatmap.circle_size)) * scale, 1.0)
     window = [
         obj
         for obj in beatmap.hit_objects(stacking=False)
         if start_ms <= obj.time.total_seconds() * 1000.0 < end_ms
     ]
+    return render_objects(window, float(beatmap.circle_size), start_ms, end_ms, size)
+
+
+def render_objects(
+    window: Sequence[slider.beatmap.HitObject],
+    circle_size: float,
+    start_ms: float,
+    end_ms: float,
+    size: int = 224,
+) -> np.ndarray:
+    """:func:`render_window` of a window's hit objects, given in time order."""
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    scale = size / FIELD_SPAN
+    radius = max((54.4 - 4.48 * circle_size) * scale, 1.0)
     for obj in reversed(window):  # earlier objects end up on top
         fraction = (obj.time.total_seconds() * 1000.0 - start_ms) / (end_ms - start_ms)
         colour = time_colour(fraction)
@@ -149,7 +160,7 @@ class BeatmapImageExtractor:
     """Rendered beatmap windows embedded by an image backbone (``efficientnet`` or ``clip``).
 
     Windows are counted as by the ``descriptors`` extractor (from the audio length when the
-    audio is present, else from the map's length).
+    audio is present and readable, else from the map's length, listed in :attr:`fallbacks`).
     """
 
     name = "beatmap-image"
@@ -177,23 +188,27 @@ class BeatmapImageExtractor:
             "backbone_config": self.backbone.config,
         }
 
+    @property
+    def fallbacks(self) -> SkipLog:
+        """Maps whose windows were counted from the map's length (see the class docs)."""
+        return self.windows.fallbacks
+
     def beatmap_items(self, beatmap_file: BeatmapFile, skipped: SkipLog) -> list[Item]:
         """One rendered picture per window of a parsed map."""
-        return [
-            Item(
-                item.id,
-                render_window(
-                    beatmap_file.beatmap,
-                    item.payload.start_ms,
-                    item.payload.end_ms,
-                    self.image_size,
-                ),
-                item.label,
-                item.sources,
-                item.n_events,
+        objects = sorted(
+            beatmap_file.beatmap.hit_objects(stacking=False), key=lambda obj: obj.time
+        )  # read maps are in time order already; a Beatmap given directly may not be
+        times = np.array([obj.time.total_seconds() * 1000.0 for obj in objects])
+        circle_size = float(beatmap_file.beatmap.circle_size)
+        items = []
+        for item in self.windows.beatmap_items(beatmap_file, skipped):
+            start_ms, end_ms = item.payload.start_ms, item.payload.end_ms
+            first, stop = np.searchsorted(times, [start_ms, end_ms], side="left")
+            picture = render_objects(
+                objects[first:stop], circle_size, start_ms, end_ms, self.image_size
             )
-            for item in self.windows.beatmap_items(beatmap_file, skipped)
-        ]
+            items.append(Item(item.id, picture, item.label, item.sources, item.n_events))
+        return items
 
     def items(self, source: str | Path, skipped: SkipLog) -> Iterator[Item]:
         """One item per window of every osu!standard map under ``source``."""

@@ -193,9 +193,15 @@ PATH_SAMPLES = 50
 approximated by a polyline (as the game does, to the same end: finding where it stops)."""
 
 
+DE_CASTELJAU_MAX_POINTS = 64
+"""Bezier segments of at most this many control points are evaluated by de Casteljau's
+algorithm (O(m²) per point, the most accurate); longer ones by their Bernstein sum in log
+space (O(m) per point), so that a slider's cost grows linearly with its control points."""
+
+
 @njit(cache=True)
-def _bezier_point(points: np.ndarray, t: float, work: np.ndarray) -> tuple[float, float]:
-    """De Casteljau evaluation (stable at any degree, unlike the Bernstein sum)."""
+def _de_casteljau_point(points: np.ndarray, t: float, work: np.ndarray) -> tuple[float, float]:
+    """De Casteljau evaluation (stable at any degree, unlike the plain Bernstein sum)."""
     m = points.shape[0]
     work[:m] = points
     for r in range(1, m):
@@ -205,23 +211,77 @@ def _bezier_point(points: np.ndarray, t: float, work: np.ndarray) -> tuple[float
 
 
 @njit(cache=True)
+def _log_binomials(n: int) -> np.ndarray:
+    """``log C(n, i)`` for ``i = 0..n``."""
+    out = np.empty(n + 1)
+    top = math.lgamma(n + 1.0)
+    for i in range(n + 1):
+        out[i] = top - math.lgamma(i + 1.0) - math.lgamma(n - i + 1.0)
+    return out
+
+
+@njit(cache=True)
+def _bernstein_point(
+    points: np.ndarray, t: float, log_binomial: np.ndarray, log_weight: np.ndarray
+) -> tuple[float, float]:
+    """Bezier point as the Bernstein-weighted mean of the control points, in O(m).
+
+    Weights are computed as logarithms and shifted by their largest before ``exp`` (no
+    overflow of the binomials, no underflow of ``t^i (1-t)^(n-i)`` at high degree), then
+    normalised by their sum, so the point stays an exact convex combination.
+    """
+    n = points.shape[0] - 1
+    if t <= 0.0:
+        return points[0, 0], points[0, 1]
+    if t >= 1.0:
+        return points[n, 0], points[n, 1]
+    log_t, log_u = math.log(t), math.log1p(-t)
+    largest = -np.inf
+    for i in range(n + 1):
+        log_weight[i] = log_binomial[i] + i * log_t + (n - i) * log_u
+        largest = max(largest, log_weight[i])
+    total, x, y = 0.0, 0.0, 0.0
+    for i in range(n + 1):
+        weight = math.exp(log_weight[i] - largest)
+        total += weight
+        x += weight * points[i, 0]
+        y += weight * points[i, 1]
+    return x / total, y / total
+
+
+@njit(cache=True)
 def _bezier_polyline(points: np.ndarray) -> np.ndarray:
-    """Segments split at repeated points (red anchors), each sampled along its curve."""
+    """Segments split at repeated points (red anchors), each sampled along its curve.
+
+    The work is linear in the number of control points (see
+    :data:`DE_CASTELJAU_MAX_POINTS`).
+    """
     n = points.shape[0]
     out = np.empty((n * (PATH_SAMPLES + 1), 2))
-    work = np.empty((n, 2))
+    work = np.empty((min(n, DE_CASTELJAU_MAX_POINTS), 2))
     count = 0
     start = 0
     for i in range(1, n + 1):
         if i < n and (points[i, 0] != points[i - 1, 0] or points[i, 1] != points[i - 1, 1]):
             continue
         segment = points[start:i]
-        if segment.shape[0] == 1:
+        m = segment.shape[0]
+        if m == 1:
             out[count] = segment[0]
             count += 1
-        else:
+        elif m <= DE_CASTELJAU_MAX_POINTS:
             for s in range(PATH_SAMPLES + 1):
-                out[count, 0], out[count, 1] = _bezier_point(segment, s / PATH_SAMPLES, work)
+                t = s / PATH_SAMPLES
+                out[count, 0], out[count, 1] = _de_casteljau_point(segment, t, work)
+                count += 1
+        else:
+            log_binomial = _log_binomials(m - 1)
+            log_weight = np.empty(m)
+            for s in range(PATH_SAMPLES + 1):
+                t = s / PATH_SAMPLES
+                out[count, 0], out[count, 1] = _bernstein_point(
+                    segment, t, log_binomial, log_weight
+                )
                 count += 1
         start = i
     return out[:count]
@@ -700,10 +760,11 @@ def map_windows(
 class DescriptorExtractor:
     """Interpretable per-window statistics of osu!standard beatmaps (no weights needed).
 
-    ``use_audio``: count windows from the audio length, as the mapper classifier does (the
-    length is read from the audio file's header); maps whose audio is missing or unreadable
-    fall back to their own length (last object end + ``length_margin_ms``) and are listed in
-    :attr:`notes`. With ``use_audio=False`` every map uses its own length.
+    ``use_audio``: count windows from the audio length, as the mapper classifier does (see
+    :func:`~beatmap_fid.beatmap.audio.audio_num_samples`); maps whose audio is missing,
+    unreadable or beyond the audio limits fall back to their own length (last object end +
+    ``length_margin_ms``) and are listed in :attr:`fallbacks`, which every verb reports beside
+    its skips. With ``use_audio=False`` every map uses its own length (not a fallback).
     """
 
     name = "descriptors"
@@ -728,8 +789,8 @@ class DescriptorExtractor:
             "length_margin_ms": self.length_margin_ms,
             "modes": [0],
         }
-        self.notes = SkipLog()
-        """Maps embedded with a caveat (for example: windows counted without audio)."""
+        self.fallbacks = SkipLog()
+        """Maps embedded with a fallback: windows counted from the map's length, and why."""
         self._audio_lengths: dict[Path, int | SourceError] = {}
 
     def _audio_samples(self, audio_path: Path) -> int:
@@ -749,12 +810,16 @@ class DescriptorExtractor:
         """Audio length in samples that sets the map's window count (see the class docs)."""
         if self.use_audio:
             if beatmap_file.audio_path is None:
-                self.notes.add(beatmap_file.id, "no audio: windows counted from the map's length")
+                self.fallbacks.add(
+                    beatmap_file.id, "no audio: windows counted from the map's length"
+                )
             else:
                 try:
                     return self._audio_samples(beatmap_file.audio_path)
                 except SourceError as exc:
-                    self.notes.add(beatmap_file.id, f"{exc}; windows counted from the map's length")
+                    self.fallbacks.add(
+                        beatmap_file.id, f"{exc}; windows counted from the map's length"
+                    )
         return beatmap_num_samples(beatmap_file.beatmap, self.spec, self.length_margin_ms)
 
     def beatmap_items(self, beatmap_file: BeatmapFile, skipped: SkipLog) -> list[Item]:
