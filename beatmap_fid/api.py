@@ -36,6 +36,7 @@ from beatmap_fid.extractors.base import (
     build_extractor,
     config_hash,
     extractor_batches,
+    extractor_fallbacks,
     map_id,
 )
 from beatmap_fid.frechet import frechet_distance
@@ -60,7 +61,9 @@ class EmbedResult:
     """What :func:`embed_to_store` did: the store, its rows for this source, and what was skipped.
 
     ``ids`` are the source's items that have a row in the store (embedded now or before);
-    ``replaced`` counts rows embedded again because a source file changed.
+    ``replaced`` counts rows embedded again because a source file changed; ``fallbacks``
+    lists the sources embedded with a fallback (for example windows counted from a map's
+    length because its audio is unreadable), whether embedded now or before.
     """
 
     store_path: Path
@@ -69,6 +72,7 @@ class EmbedResult:
     reused: int
     skipped: SkipLog = field(default_factory=SkipLog)
     replaced: int = 0
+    fallbacks: SkipLog = field(default_factory=SkipLog)
 
     @property
     def n_items(self) -> int:
@@ -104,6 +108,7 @@ class StoreSession:
         self.written = self.reused = self.replaced = 0
         self._fingerprint = Fingerprinter(extractor.config)
         self._prints: dict[str, str | None] = {}
+        self._fallbacks_before = len(extractor_fallbacks(extractor))
         store_path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = StoreWriter(store_path, extractor.name, extractor.config, extractor.dim)
 
@@ -144,8 +149,19 @@ class StoreSession:
             self._writer.retain(self.ids)
         self._writer.close()
         return EmbedResult(
-            self.store_path, self.ids, self.written, self.reused, self.skipped, self.replaced
+            self.store_path,
+            self.ids,
+            self.written,
+            self.reused,
+            self.skipped,
+            self.replaced,
+            self.fallbacks(),
         )
+
+    def fallbacks(self) -> SkipLog:
+        """The extractor's fallbacks recorded since this session began."""
+        entries = extractor_fallbacks(self.extractor).entries[self._fallbacks_before :]
+        return SkipLog(list(entries))
 
     def abort(self) -> None:
         """Close the store after an error, keeping what was committed."""
@@ -262,9 +278,15 @@ def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -
         return stats
 
 
+def skip_entries(log: SkipLog) -> list[dict[str, str]]:
+    """A skip (or fallback) record as JSON: ``[{"source": ..., "reason": ...}, ...]``."""
+    return [{"source": entry.source, "reason": entry.reason} for entry in log.entries]
+
+
 @dataclass
 class SideSummary:
-    """One side of an FID comparison: where it came from and how much went in."""
+    """One side of an FID comparison: where it came from, how much went in, what was skipped
+    and what was embedded with a fallback (see :class:`EmbedResult`)."""
 
     source: str
     kind: str  # "folder", "store" or "statistics"
@@ -272,6 +294,20 @@ class SideSummary:
     n_vectors: int | None
     store_path: str | None = None
     skipped: SkipLog = field(default_factory=SkipLog)
+    fallbacks: SkipLog = field(default_factory=SkipLog)
+
+    @classmethod
+    def of_folder(cls, source: str | Path, result: EmbedResult) -> SideSummary:
+        """The summary of a folder (or file) embedded into ``result``."""
+        return cls(
+            str(source),
+            "folder",
+            result.n_sources,
+            result.n_items,
+            str(result.store_path),
+            result.skipped,
+            result.fallbacks,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -280,7 +316,8 @@ class SideSummary:
             "n_sources": self.n_sources,
             "n_vectors": self.n_vectors,
             "store": self.store_path,
-            "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped.entries],
+            "skipped": skip_entries(self.skipped),
+            "fallbacks": skip_entries(self.fallbacks),
         }
 
 
@@ -330,14 +367,7 @@ def resolve_statistics(
     if not path.exists():
         raise InputError(f"{path} does not exist (expected a folder, a file, a store or a .npz)")
     result = embed_cached(path, extractor, store_dir, batch_size=batch_size, progress=progress)
-    summary = SideSummary(
-        str(path),
-        "folder",
-        result.n_sources,
-        result.n_items,
-        str(result.store_path),
-        result.skipped,
-    )
+    summary = SideSummary.of_folder(path, result)
     if result.n_items < 2:
         raise InsufficientSamplesError(
             f"{path}: {result.n_items} usable item(s) from {result.n_sources} file(s); "
@@ -365,7 +395,8 @@ def compute_fid(
     :func:`default_store_dir`), which follow the folders' contents: a re-run embeds only new
     or changed files. ``cache=False`` embeds into a temporary folder removed afterwards.
     Unusable inputs are skipped and listed in the result, or raise
-    :class:`~beatmap_fid.errors.SourceError` when ``strict``.
+    :class:`~beatmap_fid.errors.SourceError` when ``strict``; inputs embedded with a fallback
+    are listed in each side's ``fallbacks`` (``strict`` does not refuse them).
     """
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, **(extractor_options or {}))
@@ -436,6 +467,14 @@ class StreamingFID:
         self._running = RunningGaussian(self.extractor.dim)
         self.skipped = SkipLog()
         self.n_maps = 0
+        self._fallbacks_before = len(extractor_fallbacks(self.extractor))
+
+    @property
+    def fallbacks(self) -> SkipLog:
+        """Generated maps embedded with a fallback since the last reset (see
+        :class:`EmbedResult`)."""
+        entries = extractor_fallbacks(self.extractor).entries[self._fallbacks_before :]
+        return SkipLog(list(entries))
 
     @property
     def n_vectors(self) -> int:

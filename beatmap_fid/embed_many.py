@@ -99,14 +99,7 @@ def _side(source: Path, extractor: Extractor, result: EmbedResult) -> Any:
             f"{source} with {extractor.name!r}: {result.n_items} usable item(s) from "
             f"{result.n_sources} file(s); at least 2 are needed. {result.skipped.summary()}"
         )
-    summary = SideSummary(
-        str(source),
-        "folder",
-        result.n_sources,
-        result.n_items,
-        str(result.store_path),
-        result.skipped,
-    )
+    summary = SideSummary.of_folder(source, result)
     return EvalSide(
         summary,
         result.vectors(),

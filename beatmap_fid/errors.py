@@ -74,7 +74,11 @@ class Skipped:
 
 @dataclass
 class SkipLog:
-    """Collects inputs skipped during a run so they can be counted and listed at the end."""
+    """Collects inputs skipped during a run so they can be counted and listed at the end.
+
+    The same record lists inputs used with a fallback (an extractor's ``fallbacks``: for
+    example windows counted from a map's length because its audio is unreadable).
+    """
 
     entries: list[Skipped] = field(default_factory=list)
 
@@ -91,11 +95,12 @@ class SkipLog:
         """Number of skips per reason (the part of the reason before the first colon)."""
         return Counter(entry.reason.split(":", 1)[0] for entry in self.entries)
 
-    def summary(self, limit: int = 20) -> str:
-        """A readable list of what was skipped, at most ``limit`` lines of detail."""
+    def summary(self, limit: int = 20, what: str = "skipped") -> str:
+        """A readable list of what was skipped (or ``what`` happened to the entries), at most
+        ``limit`` lines of detail."""
         if not self.entries:
-            return "nothing skipped"
-        lines = [f"{len(self.entries)} skipped:"]
+            return f"nothing {what}"
+        lines = [f"{len(self.entries)} {what}:"]
         lines += [f"  {entry.source}: {entry.reason}" for entry in self.entries[:limit]]
         if len(self.entries) > limit:
             lines.append(f"  ... and {len(self.entries) - limit} more")

@@ -34,6 +34,7 @@ from beatmap_fid.api import (
     SideSummary,
     embed_cached,
     resolve_statistics,
+    skip_entries,
 )
 from beatmap_fid.errors import (
     ConfigMismatchError,
@@ -186,14 +187,7 @@ def load_side(
                 f"{path}: {result.n_items} usable item(s) from {result.n_sources} file(s); "
                 f"at least 2 are needed. {result.skipped.summary()}"
             )
-        summary = SideSummary(
-            str(path),
-            "folder",
-            result.n_sources,
-            result.n_items,
-            str(result.store_path),
-            result.skipped,
-        )
+        summary = SideSummary.of_folder(path, result)
         return EvalSide(
             summary,
             result.vectors(),
@@ -437,6 +431,7 @@ class ScoreResult:
     file_labels: list[str] | None
     store_path: str | None
     skipped: SkipLog = field(default_factory=SkipLog)
+    fallbacks: SkipLog = field(default_factory=SkipLog)
 
     def passing(self, min_score: float | None) -> list[str]:
         """Files whose score is at least ``min_score`` (all files when None), best first."""
@@ -459,7 +454,8 @@ class ScoreResult:
             "store": self.store_path,
             "files": files,
             "items": len(self.item_ids),
-            "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped.entries],
+            "skipped": skip_entries(self.skipped),
+            "fallbacks": skip_entries(self.fallbacks),
         }
 
 
@@ -494,7 +490,7 @@ def score_source(
             f"{head.kind} head" + (f" with labels {head.label_names}" if head.label_names else "")
         )
     path = Path(source)
-    skipped = SkipLog()
+    skipped, fallbacks = SkipLog(), SkipLog()
     store_path: Path
     features: Any
     if path.suffix.lower() in _STORE_SUFFIXES and path.is_file():
@@ -519,11 +515,14 @@ def score_source(
             )
         result = embed_cached(path, built, store_dir, batch_size=batch_size, progress=progress)
         store_path, skipped, ids = result.store_path, result.skipped, result.ids
+        fallbacks = result.fallbacks
         if ids:  # this source's rows of a store made with the head's configuration
             features = result.vectors()
     if not ids:
         raise InputError(f"{source}: nothing to score. {skipped.summary()}")
-    return _scores(head, head_name, label, ids, features, str(store_path), skipped)
+    scores = _scores(head, head_name, label, ids, features, str(store_path), skipped)
+    scores.fallbacks = fallbacks
+    return scores
 
 
 def _scores(

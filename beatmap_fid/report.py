@@ -595,6 +595,7 @@ def _side_row(label: str, side: dict[str, Any]) -> str:
         _number(side.get("n_sources")),
         _number(side.get("n_vectors")),
         str(len(side.get("skipped") or [])),
+        str(len(side.get("fallbacks") or [])),
     ]
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
@@ -709,6 +710,16 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
         )
         more = f"<li>… and {len(skipped) - 50} more</li>" if len(skipped) > 50 else ""
         skipped_html = f"<h2>Skipped inputs</h2><ul>{items}{more}</ul>"
+    fallbacks = [
+        (label, s) for label in ("real", "generated") for s in data[label].get("fallbacks") or []
+    ]
+    if fallbacks:
+        items = "".join(
+            f"<li>{label}: {html.escape(s['source'])}: {html.escape(s['reason'])}</li>"
+            for label, s in fallbacks[:50]
+        )
+        more = f"<li>… and {len(fallbacks) - 50} more</li>" if len(fallbacks) > 50 else ""
+        skipped_html += f"<h2>Inputs embedded with a fallback</h2><ul>{items}{more}</ul>"
     real, gen = data["real"], data["generated"]
     figures = "".join(
         [
@@ -747,7 +758,7 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
 {warnings_html}
 <div class="cards">{"".join(cards)}</div>
 <h2>Sets</h2>
-<table><tr><th></th><th>source</th><th>files</th><th>vectors</th><th>skipped</th></tr>
+<table><tr><th></th><th>source</th><th>files</th><th>vectors</th><th>skipped</th><th>fallbacks</th></tr>
 {_side_row("real", real)}{_side_row("generated", gen)}</table>
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>value</th><th>uncertainty</th><th>meaning</th></tr>{metric_rows}</table>

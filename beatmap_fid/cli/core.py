@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from beatmap_fid.cli.output import add_json_flag, emit
+from beatmap_fid.cli.output import FALLBACK, add_json_flag, emit
 from beatmap_fid.errors import InputError
 
 
@@ -96,6 +96,8 @@ def _side_text(label: str, side: dict[str, Any]) -> str:
         parts.append(f"{side['n_vectors']} vectors")
     if side["skipped"]:
         parts.append(f"{len(side['skipped'])} skipped")
+    if side["fallbacks"]:
+        parts.append(f"{len(side['fallbacks'])} {FALLBACK}")
     return ", ".join(parts)
 
 
@@ -122,13 +124,15 @@ def _run_fid(args: argparse.Namespace) -> int:
     for name in ("real", "generated"):
         for skip in result[name]["skipped"]:
             lines.append(f"  skipped ({name}) {skip['source']}: {skip['reason']}")
+        for entry in result[name]["fallbacks"]:
+            lines.append(f"  fallback ({name}) {entry['source']}: {entry['reason']}")
     lines += [f"warning: {text}" for text in result["warnings"]]
     emit(args, result, "\n".join(lines))
     return 0
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from beatmap_fid.api import embed_to_store
+    from beatmap_fid.api import embed_to_store, skip_entries
 
     result = embed_to_store(
         args.source,
@@ -143,12 +147,15 @@ def _run_embed(args: argparse.Namespace) -> int:
         "items": result.n_items,
         "written": result.written,
         "reused": result.reused,
-        "skipped": [{"source": s.source, "reason": s.reason} for s in result.skipped.entries],
+        "skipped": skip_entries(result.skipped),
+        "fallbacks": skip_entries(result.fallbacks),
     }
     text = (
         f"{result.n_items} items in {result.store_path} "
         f"({result.written} new, {result.reused} already stored)\n{result.skipped.summary()}"
     )
+    if result.fallbacks:
+        text += "\n" + result.fallbacks.summary(what=FALLBACK)
     emit(args, summary, text)
     if args.strict and result.skipped:
         return 1

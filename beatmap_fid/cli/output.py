@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+FALLBACK = "embedded with a fallback"
+"""How the verbs name inputs embedded with a fallback (beside the skipped ones)."""
+
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -14,7 +14,7 @@ from beatmap_fid.cli.core import (
     extractor_options_from,
     store_dir_of,
 )
-from beatmap_fid.cli.output import add_json_flag, emit
+from beatmap_fid.cli.output import FALLBACK, add_json_flag, emit
 from beatmap_fid.errors import InputError
 
 
@@ -80,6 +80,13 @@ def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
     for name, note in data["notes"].items():
         lines.append(f"{name} not computed: {note}")
     lines += [f"warning: {text}" for text in data["warnings"]]
+    for name in ("real", "generated"):
+        skipped, fallbacks = data[name]["skipped"], data[name]["fallbacks"]
+        if skipped or fallbacks:
+            lines.append(
+                f"{name}: {len(skipped)} skipped, {len(fallbacks)} {FALLBACK} "
+                "(listed in the report)"
+            )
     maps = data["contributions"]["maps"][:top]
     if maps:
         real_d2 = data["contributions"]["real_mean_distance"]
@@ -171,6 +178,8 @@ def _run_score(args: argparse.Namespace) -> int:
         lines.append(f"copied {len(copied)} files to {args.copy_to}")
     if result.skipped:
         lines.append(result.skipped.summary())
+    if result.fallbacks:
+        lines.append(result.fallbacks.summary(what=FALLBACK))
     emit(args, summary, "\n".join(lines))
     return 0
 

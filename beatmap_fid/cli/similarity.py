@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from beatmap_fid.cli.core import add_extractor_arguments, extractor_options_from
-from beatmap_fid.cli.output import add_json_flag, emit
+from beatmap_fid.cli.output import FALLBACK, add_json_flag, emit
 from beatmap_fid.errors import InputError
 
 _ID_HEADERS = ("id", "ids", "item", "item_id")
@@ -213,6 +213,7 @@ def _run_knn(args: argparse.Namespace) -> int:
 
 
 def _run_nearest(args: argparse.Namespace) -> int:
+    from beatmap_fid.api import skip_entries
     from beatmap_fid.evaluate import load_sides
     from beatmap_fid.knn import map_memorisation_scores, memorisation_scores, window_events
     from beatmap_fid.store import EmbeddingStore
@@ -251,11 +252,12 @@ def _run_nearest(args: argparse.Namespace) -> int:
     result.update(generated=args.generated, real=args.real)
     text = report.to_text(top=args.top)
     for name, side in (("generated", gen_side), ("real", real_side)):
-        result[f"{name}_skipped"] = [
-            {"source": s.source, "reason": s.reason} for s in side.summary.skipped.entries
-        ]
+        result[f"{name}_skipped"] = skip_entries(side.summary.skipped)
+        result[f"{name}_fallbacks"] = skip_entries(side.summary.fallbacks)
         if side.summary.skipped:
             text += f"\n{name}: {side.summary.skipped.summary()}"
+        if side.summary.fallbacks:
+            text += f"\n{name}: {side.summary.fallbacks.summary(what=FALLBACK)}"
     emit(args, result, text)
     return 0
 

@@ -56,7 +56,12 @@ def map_id(item_id: str) -> str:
 
 @runtime_checkable
 class Extractor(Protocol):
-    """What every feature extractor provides."""
+    """What every feature extractor provides.
+
+    An extractor that can stand in for a missing input (windows counted from a map's length
+    when its audio is unreadable) also has ``fallbacks``, a :class:`SkipLog` to which it adds
+    one entry per source embedded that way; see :func:`extractor_fallbacks`.
+    """
 
     name: str
     dim: int
@@ -67,6 +72,12 @@ class Extractor(Protocol):
 
     def embed(self, payloads: Sequence[Any]) -> np.ndarray:
         """Vectors for a batch of payloads: float32 array of shape (len(payloads), dim)."""
+
+
+def extractor_fallbacks(extractor: Extractor) -> SkipLog:
+    """The extractor's record of sources embedded with a fallback (empty when it has none)."""
+    found = getattr(extractor, "fallbacks", None)
+    return found if found is not None else SkipLog()
 
 
 def config_hash(config: dict[str, Any]) -> str:
