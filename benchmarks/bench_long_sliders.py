@@ -59,7 +59,7 @@ def de_casteljau_polyline(points: np.ndarray) -> np.ndarray:
 def wandering_points(n: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     steps = rng.integers(1, 40, size=(n, 2)) * rng.choice([-1, 1], size=(n, 2))
-    return (np.abs(np.cumsum(steps, axis=0) % 1024 - 512) + [0, -64]).astype(np.float64)
+    return (np.abs(np.cumsum(steps, axis=0) % 1024 - 512) + np.array([0, -64])).astype(float)
 
 
 def write_map(folder: Path, points: np.ndarray) -> Path:
@@ -86,6 +86,30 @@ def best_of(repeat: int, work: Callable[[], object]) -> float:
     return best
 
 
+def measure(n: int, folder: Path, repeat: int, with_peer: bool) -> str:
+    """One row of the table: a map with an ``n``-point slider written into ``folder``."""
+    points = wandering_points(n)
+    path = write_map(folder, points)
+    read = best_of(repeat, lambda: read_beatmap_file(path))
+    beatmap = read_beatmap_file(path).beatmap
+    store = folder / "store.h5"
+
+    def embed() -> None:
+        store.unlink(missing_ok=True)
+        embed_to_store(
+            folder, "descriptors", store, progress=False, extractor_options={"use_audio": False}
+        )
+
+    embedded = best_of(repeat, embed)
+    render = best_of(repeat, lambda: render_window(beatmap, 0.0, 8184.0))
+    ours = best_of(repeat, lambda: _bezier_polyline(points))
+    peer_text, ratio = f"{'-':>12}", f"{'-':>12}"
+    if with_peer:
+        peer = best_of(1, lambda: de_casteljau_polyline(points))
+        peer_text, ratio = f"{peer:12.3f}", f"{peer / ours:12.0f}"
+    return f"{n:>9} {read:8.3f} {embedded:8.3f} {render:9.3f} {ours:9.4f} {peer_text} {ratio}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000, 100000])
@@ -109,33 +133,7 @@ def main() -> None:
         )
         print(header)
         for n in args.sizes:
-            points = wandering_points(n)
-            path = write_map(root / str(n), points)
-            read = best_of(args.repeat, lambda: read_beatmap_file(path))
-            beatmap = read_beatmap_file(path).beatmap
-
-            def embed() -> None:
-                store = root / f"{n}.h5"
-                store.unlink(missing_ok=True)
-                embed_to_store(
-                    path.parent,
-                    "descriptors",
-                    store,
-                    progress=False,
-                    extractor_options={"use_audio": False},
-                )
-
-            embedded = best_of(args.repeat, embed)
-            render = best_of(args.repeat, lambda: render_window(beatmap, 0.0, 8184.0))
-            ours = best_of(args.repeat, lambda: _bezier_polyline(points))
-            if n <= args.old_max:
-                peer = best_of(1, lambda: de_casteljau_polyline(points))
-                peer_text, ratio = f"{peer:12.3f}", f"{peer / ours:12.0f}"
-            else:
-                peer_text, ratio = f"{'-':>12}", f"{'-':>12}"
-            print(
-                f"{n:>9} {read:8.3f} {embedded:8.3f} {render:9.3f} {ours:9.4f} {peer_text} {ratio}"
-            )
+            print(measure(n, root / str(n), args.repeat, n <= args.old_max))
 
 
 if __name__ == "__main__":

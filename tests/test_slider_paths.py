@@ -72,7 +72,7 @@ def wandering_points(n: int, seed: int = 0) -> np.ndarray:
     """``n`` integer control points on the playfield, no two consecutive ones equal."""
     rng = np.random.default_rng(seed)
     steps = rng.integers(1, 40, size=(n, 2)) * rng.choice([-1, 1], size=(n, 2))
-    return (np.abs(np.cumsum(steps, axis=0) % 1024 - 512) + [0, -64]).astype(np.float64)
+    return (np.abs(np.cumsum(steps, axis=0) % 1024 - 512) + np.array([0, -64])).astype(float)
 
 
 def long_slider_map(n_points: int) -> str:
