@@ -14,27 +14,21 @@ import math
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import soxr
 
+from beatmap_fid.beatmap.audio import decode_audio
 from beatmap_fid.errors import SourceError
 
 
 def load_audio_librosa(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """float32 mono samples of ``path`` at ``sample_rate``, as ``librosa.load`` returns them."""
+    """float32 mono samples of ``path`` at ``sample_rate``, as ``librosa.load`` returns them.
+
+    Decoded by :func:`~beatmap_fid.beatmap.audio.decode_audio` in one read from the start, as
+    librosa reads (``soundfile.read`` seeks first, which makes libsndfile's MP3 decoder give
+    slightly different samples), within the library's audio limits.
+    """
     path = Path(path)
-    try:
-        # one read from the start, as librosa does (soundfile.read seeks first, which makes
-        # libsndfile's MP3 decoder give slightly different samples)
-        with soundfile.SoundFile(str(path)) as handle:
-            source_rate = handle.samplerate
-            data = handle.read(frames=-1, dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError, TypeError, ...
-        if not path.exists():
-            raise SourceError(f"missing audio: no such file: {path}") from exc
-        raise SourceError(f"undecodable audio: {path.name}: {exc}") from exc
-    if data.size == 0:
-        raise SourceError(f"undecodable audio: {path.name}: no samples")
+    data, source_rate = decode_audio(path, "float32", rewind=False)
     mono = np.mean(data.T, axis=0) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise SourceError(f"undecodable audio: {path.name}: samples are not finite")

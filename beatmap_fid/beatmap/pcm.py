@@ -16,7 +16,9 @@ passes, which makes the samples identical to the reference's. ``"soundfile"`` de
 libsndfile and converts to integers with ffmpeg's rounding and clipping; it needs no external
 program, but its MP3 and Vorbis decoders are not ffmpeg's, so a few samples differ by one
 integer step (measured in ``benchmarks/RESULTS.md``). ``"auto"`` picks ffmpeg when both
-programs are on ``PATH``.
+programs are on ``PATH``. Both keep to the audio limits of :mod:`beatmap_fid.beatmap.audio`:
+the sample rate is checked before decoding and the decoded output is refused once it passes
+the most frames read.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import json
 import math
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from beatmap_fid.beatmap.audio import check_audio_format, decode_audio, frame_limit, too_long_error
 from beatmap_fid.errors import ExtractorError, InputError, SourceError
 
 DECODERS = ("auto", "ffmpeg", "soundfile")
@@ -177,10 +181,37 @@ def _last_line(stderr: bytes) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def _ffmpeg_output(
+    command: list[str], path: Path, limit_bytes: int, too_long: SourceError
+) -> bytes:
+    """ffmpeg's standard output, read as it comes; :class:`SourceError` when it fails, and
+    ``too_long`` once its output passes ``limit_bytes`` (the process is then stopped)."""
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+        output = bytearray()
+        try:
+            while chunk := process.stdout.read(1 << 20):
+                output += chunk
+                if len(output) > limit_bytes:
+                    process.kill()
+                    raise too_long
+        finally:
+            process.stdout.close()
+            returncode = process.wait()
+        if returncode != 0 or not output:
+            errors.seek(0)
+            message = _last_line(errors.read()) or "ffmpeg produced no samples"
+            raise SourceError(f"undecodable audio: {path.name}: {message}")
+    return bytes(output)
+
+
 def decode_ffmpeg(path: str | Path) -> Pcm:
-    """Integer PCM of the file's first audio stream, decoded by ffmpeg as pydub has it do."""
+    """Integer PCM of the file's first audio stream, decoded by ffmpeg as pydub has it do,
+    within the library's audio limits (see :mod:`beatmap_fid.beatmap.audio`)."""
     path = Path(path)
     stream = _ffprobe_stream(path)
+    rate, channels = int(stream.get("sample_rate") or 0), int(stream.get("channels") or 0)
+    check_audio_format(path.name, rate, channels)
     bits = reference_bits(
         stream.get("codec_name", ""),
         stream.get("sample_fmt", ""),
@@ -190,16 +221,9 @@ def decode_ffmpeg(path: str | Path) -> Pcm:
     codec = "pcm_u8" if bits == 8 else f"pcm_{sample_format}"
     command = ["ffmpeg", "-nostdin", "-v", "error", "-i", _ffmpeg_url(path), "-map", "0:a:0"]
     command += ["-vn", "-acodec", codec, "-f", sample_format, "-"]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0 or not result.stdout:
-        message = _last_line(result.stderr) or "ffmpeg produced no samples"
-        raise SourceError(f"undecodable audio: {path.name}: {message}")
-    channels = int(stream["channels"])
-    raw = np.frombuffer(result.stdout, dtype=np.uint8)
+    limit_bytes = frame_limit(rate, channels) * channels * bits // 8
+    stdout = _ffmpeg_output(command, path, limit_bytes, too_long_error(path.name, rate, channels))
+    raw = np.frombuffer(stdout, dtype=np.uint8)
     if bits == 8:
         samples = (raw.astype(np.int16) - 128).astype(np.int8)
     elif bits == 24:
@@ -210,9 +234,7 @@ def decode_ffmpeg(path: str | Path) -> Pcm:
         samples = raw.view(f"<i{bits // 8}").astype(_SIGNED[bits // 8])
     frames = len(samples) // channels
     width = 4 if bits == 24 else bits // 8
-    return Pcm(
-        samples[: frames * channels].reshape(frames, channels), int(stream["sample_rate"]), width
-    )
+    return Pcm(samples[: frames * channels].reshape(frames, channels), rate, width)
 
 
 def quantize(samples: np.ndarray, bits: int) -> np.ndarray:
@@ -235,25 +257,24 @@ def decode_soundfile(path: str | Path) -> Pcm:
     path = Path(path)
     try:
         info = soundfile.info(str(path))
-        bits = _SUBTYPE_BITS.get(info.subtype)
-        if bits is None:
-            bits = 16 if info.format == "MP3" else 32
-        elif bits == 24 and info.format == "FLAC":
-            bits = 32  # ffmpeg decodes 24-bit FLAC to 32-bit samples; pydub keeps them so
-        if bits in (8, 16, 32) and info.subtype in _SUBTYPE_BITS:
-            dtype = {8: "int16", 16: "int16", 32: "int32"}[bits]
-            data, rate = soundfile.read(str(path), dtype=dtype, always_2d=True)
-            samples = (data >> 8).astype(np.int8) if bits == 8 else data
-        elif bits == 24:
-            data, rate = soundfile.read(str(path), dtype="int32", always_2d=True)
-            samples = widen_24_bit(data >> 8)
-        else:
-            data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-            samples = quantize(data, bits)
     except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError, TypeError, ...
         if not path.exists():
             raise SourceError(f"missing audio: no such file: {path}") from exc
         raise SourceError(f"undecodable audio: {path.name}: {exc}") from exc
+    bits = _SUBTYPE_BITS.get(info.subtype)
+    if bits is None:
+        bits = 16 if info.format == "MP3" else 32
+    elif bits == 24 and info.format == "FLAC":
+        bits = 32  # ffmpeg decodes 24-bit FLAC to 32-bit samples; pydub keeps them so
+    if bits in (8, 16, 32) and info.subtype in _SUBTYPE_BITS:
+        data, rate = decode_audio(path, {8: "int16", 16: "int16", 32: "int32"}[bits])
+        samples = (data >> 8).astype(np.int8) if bits == 8 else data
+    elif bits == 24:
+        data, rate = decode_audio(path, "int32")
+        samples = widen_24_bit(data >> 8)
+    else:
+        data, rate = decode_audio(path, "float32")
+        samples = quantize(data, bits)
     width = {8: 1, 16: 2, 24: 4, 32: 4}[bits]
     return Pcm(np.ascontiguousarray(samples), int(rate), width)
 
