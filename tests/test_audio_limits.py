@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+from cli_child import run_cli_child
 
 from beatmap_fid.beatmap import audio
 from beatmap_fid.beatmap.audio import (
@@ -24,8 +23,6 @@ from beatmap_fid.beatmap.audio import (
 from beatmap_fid.beatmap.audio_librosa import load_audio_librosa
 from beatmap_fid.beatmap.pcm import ffmpeg_available, load_pcm_audio
 from beatmap_fid.errors import SourceError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def flac_header(sample_rate: int, frames: int, channels: int = 1, bits: int = 16) -> bytes:
@@ -147,25 +144,6 @@ def test_counted_frames_equal_the_confirmed_header(
     np.testing.assert_array_equal(counted, decoded)
 
 
-_CHILD = """
-import contextlib, io, json, resource, sys
-from beatmap_fid.cli import main
-
-runs = {}
-for name, argv in json.loads(sys.argv[1]).items():
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    peak = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-    )
-    runs[name] = {
-        "code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "peak_kib": peak
-    }
-print(json.dumps(runs))
-"""
-
 _MAP = """osu file format v14
 
 [General]
@@ -193,7 +171,7 @@ SliderMultiplier:1.4
 def test_forged_audio_through_the_command_line_stays_small(tmp_path: Path) -> None:
     """The audio extractor skips each forged file with one line, the descriptor extractor
     counts windows from the map's length and reports that fallback; no traceback, and both
-    stay under 1 GB of memory (peak RSS of the process and its children). ``fid`` then shows
+    stay under 1 GB of memory (peak resident set of the process). ``fid`` then shows
     the fallbacks (its peak is not asserted: importing torch for the distance alone takes
     about 0.7 GB)."""
     files = write_forged(tmp_path / "audio")
@@ -225,16 +203,7 @@ def test_forged_audio_through_the_command_line_stays_small(tmp_path: Path) -> No
         "descriptors": ["embed", str(maps), "-o", str(tmp_path / "d.h5"), "--quiet", "--json"],
         "fid": ["fid", str(maps), str(maps), "--no-cache", "--quiet"],
     }
-    child = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(runs)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-2000:]
-    out = json.loads(child.stdout.strip().splitlines()[-1])
+    out = run_cli_child(runs)
     assert out["descriptors"]["peak_kib"] < 1024 * 1024  # after both embed runs
     for run in out.values():
         assert run["code"] == 0 and "Traceback" not in run["stdout"] + run["stderr"]
