@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from beatmap_fid.cli.output import add_json_flag, emit
-from beatmap_fid.errors import InputError
+from beatmap_fid.errors import InputError, NonFiniteError
 
 
 def load_mapper_names(path: str | Path) -> dict[str, str]:
@@ -123,6 +123,11 @@ def _run_classify(args: argparse.Namespace) -> int:
             for i in range(0, len(starts_ms), args.batch_size)
         ]
     )
+    if not np.isfinite(logits).all():
+        raise NonFiniteError(
+            f"{loaded.path}: the classifier gave NaN or infinite logits for {args.beatmap} "
+            f"(precision {args.precision}); no ranking can be made from them"
+        )
     probabilities = _softmax(logits)
     labels = loaded.tokenizer.labels()
     top = min(args.top, len(labels))

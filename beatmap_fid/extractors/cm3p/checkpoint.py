@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from beatmap_fid.beatmap.audio import MIN_SAMPLE_RATE
 from beatmap_fid.errors import ExtractorError, WeightsNotFoundError
+from beatmap_fid.extractors.weights import check_bounds
 
 DEFAULT_REPO = "OliBomby/CM3P"
 CONFIG_FILE = "config.json"
@@ -121,6 +123,24 @@ class WindowSettings:
     @property
     def window_samples(self) -> int:
         return round(self.window_length_sec * self.sampling_rate)
+
+
+WINDOW_BOUNDS: dict[str, tuple[float, float]] = {
+    "window_length_sec": (0.1, 600.0),
+    "window_stride_sec": (0.1, 600.0),
+    "min_window_length_sec": (0.0, 600.0),
+    "max_length": (1, 65536),
+    "metadata_max_length": (1, 65536),
+    "sampling_rate": (MIN_SAMPLE_RATE, 192_000),
+    "pad_to_multiple_of": (1, 1 << 24),
+    "max_source_positions": (1, 65536),
+    "audio_length_per_tok": (1, 65536),
+    "hop_length": (1, 4096),
+    "n_fft": (16, 4096),
+    "feature_size": (1, 1024),
+}
+"""Accepted range of each window and audio setting of a checkpoint (the released model's
+16 s windows of 16 kHz audio are well inside)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +241,7 @@ def _window_settings(folder: Path) -> WindowSettings:
     values["feature_size"] = audio.get("feature_size", 80)
     values["hop_length"] = audio_kwargs.get("hop_length", audio.get("hop_length", 160))
     values["sampling_rate"] = audio_kwargs.get("sampling_rate", audio.get("sampling_rate", 16000))
+    check_bounds(values, WINDOW_BOUNDS, str(folder))
     settings = _settings_from(WindowSettings, values)
     if settings.pad_to_multiple_of // settings.hop_length != settings.max_source_positions:
         raise ExtractorError(
@@ -325,6 +346,21 @@ def read_checkpoint(source: str | Path) -> CM3PCheckpoint:
         weight_files=weight_files,
         sha256=_digest(weight_files),
     )
+
+
+def weight_shapes(checkpoint: CM3PCheckpoint) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor, read from the safetensors headers (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in checkpoint.weight_files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except Exception as error:  # safetensors raises SafetensorError, OSError, ...
+            raise ExtractorError(f"{path}: not readable safetensors weights: {error}") from error
+    return shapes
 
 
 def load_state_dict(checkpoint: CM3PCheckpoint) -> dict[str, Any]:

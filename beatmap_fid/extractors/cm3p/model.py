@@ -24,6 +24,13 @@ import math
 from typing import Any
 
 from beatmap_fid.errors import ExtractorError
+from beatmap_fid.extractors.weights import (
+    check_bounds,
+    check_divides,
+    check_finite,
+    check_shapes,
+    meta_shapes,
+)
 
 _MODERNBERT_KEYS = (
     "vocab_size",
@@ -131,6 +138,42 @@ DEFAULT_STATUSES = {
 }
 """Status table of :func:`random_checkpoint` (osu! API names and ids)."""
 """Checkpoint weights of the masked-LM head, which embeddings do not use."""
+
+
+TOWER_BOUNDS: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, 1_000_000),
+    "hidden_size": (1, 8192),
+    "intermediate_size": (1, 65536),
+    "num_hidden_layers": (1, 128),
+    "num_attention_heads": (1, 256),
+    "max_position_embeddings": (1, 1 << 20),
+    "local_attention": (2, 65536),
+    "global_attn_every_n_layers": (1, 128),
+    "projector_intermediate_size": (1, 1 << 20),
+    "projector_dim": (1, 65536),
+    "n_mels": (1, 1024),
+}
+"""Accepted range of each size setting of a tower in ``config.json``, checked before any model
+is built (the released model is well inside)."""
+PROJECTION_BOUNDS = {"projection_dim": (1, 65536)}
+
+
+def check_config(config: dict[str, Any], where: str) -> None:
+    """Refuse a ``config.json`` whose towers have sizes outside :data:`TOWER_BOUNDS` or
+    attention heads that do not divide their width."""
+    check_bounds(config, PROJECTION_BOUNDS, where)
+    if not isinstance(config["beatmap_config"].get("audio_config") or {}, dict):
+        raise ExtractorError(f"{where}: beatmap_config.audio_config is not an object")
+    towers = {
+        "beatmap_config": tower_settings(config["beatmap_config"], BEATMAP_DEFAULTS),
+        "audio_config": tower_settings(
+            config["beatmap_config"].get("audio_config") or {}, AUDIO_DEFAULTS
+        ),
+        "metadata_config": tower_settings(config["metadata_config"], METADATA_DEFAULTS),
+    }
+    for name, settings in towers.items():
+        check_bounds(settings, TOWER_BOUNDS, f"{where} {name}")
+        check_divides(settings, [("hidden_size", "num_attention_heads")], f"{where} {name}")
 
 
 def tower_settings(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -267,22 +310,30 @@ def build_model(config: dict[str, Any]):
 
 def load_model(checkpoint):
     """The model of a :class:`~beatmap_fid.extractors.cm3p.checkpoint.CM3PCheckpoint`, its
-    weights loaded strictly (only the masked-LM head's are left out), in eval mode on CPU."""
-    from beatmap_fid.extractors.cm3p.checkpoint import load_state_dict
+    weights loaded strictly (only the masked-LM head's are left out), in eval mode on CPU.
 
-    model = build_model(checkpoint.config)
+    Before it is built, ``config.json`` is checked against :data:`TOWER_BOUNDS` and the shapes
+    in the safetensors headers against the model it describes; weights holding NaN or
+    infinite values are refused.
+    """
+    from beatmap_fid.extractors.cm3p.checkpoint import load_state_dict, weight_shapes
+
+    where = str(checkpoint.path)
+    check_config(checkpoint.config, f"{where}/config.json")
+    found = {
+        key: shape
+        for key, shape in weight_shapes(checkpoint).items()
+        if not key.startswith(UNUSED_PREFIXES)
+    }
+    check_shapes(meta_shapes(lambda: build_model(checkpoint.config)), found, where)
     state = {
-        key: value
+        key: value.float()
         for key, value in load_state_dict(checkpoint).items()
         if not key.startswith(UNUSED_PREFIXES)
     }
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as error:
-        raise ExtractorError(
-            f"{checkpoint.path}: the weights do not fit the model its config.json describes: "
-            f"{' '.join(str(error).split())[:600]}"
-        ) from error
+    check_finite(state, where)
+    model = build_model(checkpoint.config)
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 

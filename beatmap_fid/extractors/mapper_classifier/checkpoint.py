@@ -13,6 +13,10 @@ Any other class or function named in the file is refused with an error.
 
 Our own checkpoints (written by :func:`save_checkpoint`, e.g. by training) use the same layout
 with plain data in ``hyper_parameters``, so both go through one loading path.
+
+Before a model is built, its settings are checked against :data:`SETTING_BOUNDS` and the
+checkpoint's weights against the shapes of the model the settings describe (see
+:mod:`beatmap_fid.extractors.weights`), and weights holding NaN or infinite values are refused.
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from beatmap_fid.beatmap.audio import MIN_SAMPLE_RATE
 from beatmap_fid.errors import ExtractorError, WeightsNotFoundError
+from beatmap_fid.extractors.weights import (
+    check_bounds,
+    check_divides,
+    check_finite,
+    check_shapes,
+    meta_shapes,
+    tensor_shapes,
+)
 
 if TYPE_CHECKING:
     from beatmap_fid.extractors.mapper_classifier.model import MapperClassifier
@@ -64,6 +77,39 @@ DEFAULT_EVENT_OPTIONS: dict[str, Any] = {
     "position_split_axes": True,
     "position_range": [-256, 768, -256, 640],
 }
+
+
+SETTING_BOUNDS: dict[str, tuple[int, int]] = {
+    "num_classes": (1, 1_000_000),
+    "vocab_size": (2, 1_000_000),
+    "d_model": (1, 8192),
+    "encoder_layers": (1, 64),
+    "decoder_layers": (1, 64),
+    "encoder_attention_heads": (1, 256),
+    "decoder_attention_heads": (1, 256),
+    "encoder_ffn_dim": (1, 65536),
+    "decoder_ffn_dim": (1, 65536),
+    "projector_dim": (1, 65536),
+    "sample_rate": (MIN_SAMPLE_RATE, 192_000),
+    "n_fft": (16, 4096),
+    "n_mels": (1, 1024),
+    "hop_length": (1, 4096),
+    "src_seq_len": (2, 65536),
+    "tgt_seq_len": (1, 65536),
+}
+"""Accepted range of each size setting of a checkpoint, checked before any model is built
+(the released classifier, whisper-base with 1024-frame windows, is well inside)."""
+
+
+def check_settings(settings: ClassifierSettings, where: str) -> None:
+    """Refuse settings outside :data:`SETTING_BOUNDS`, attention heads that do not divide the
+    width, and an odd ``src_seq_len`` (Whisper's encoder halves it)."""
+    values = dataclasses.asdict(settings)
+    check_bounds(values, SETTING_BOUNDS, where)
+    pairs = [("d_model", "encoder_attention_heads"), ("d_model", "decoder_attention_heads")]
+    check_divides(values, pairs, where)
+    if settings.src_seq_len % 2:
+        raise ExtractorError(f"{where}: src_seq_len {settings.src_seq_len} is not even")
 
 
 @dataclass(frozen=True)
@@ -484,7 +530,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file): "
             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
         ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise ExtractorError(
             f"{path}: not a mapper-classifier checkpoint (no 'state_dict' entry at the top level)"
         )
@@ -549,14 +595,14 @@ def load_checkpoint(
     settings = ClassifierSettings.from_config(
         config, num_classes=tokenizer.num_classes, vocab_size=tokenizer.vocab_size
     )
+    check_settings(settings, str(path))
+    state = model_state_dict(checkpoint["state_dict"])
+    check_shapes(
+        meta_shapes(lambda: build_model(settings)), tensor_shapes(state, str(path)), str(path)
+    )
+    check_finite(state, str(path))
     model = build_model(settings)
-    try:
-        model.load_state_dict(model_state_dict(checkpoint["state_dict"]), strict=True)
-    except RuntimeError as error:
-        raise ExtractorError(
-            f"{path}: the weights do not fit the model its configuration describes: "
-            f"{' '.join(str(error).split())[:600]}"
-        ) from error
+    model.load_state_dict(state, strict=True)
     if not check_fourier_kernels(model.spectrogram):
         raise ExtractorError(
             f"{path}: the checkpoint's STFT kernels are not the fixed Hann-windowed Fourier "
