@@ -145,6 +145,21 @@ def test_set_against_itself_is_zero(case: str, device: str) -> None:
         assert 0.0 <= value <= 1e-9 * trace, method
 
 
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_rank_deficient_set_against_itself(device: str, seed: int) -> None:
+    """More vectors than dimensions, yet singular (dependent and constant columns, as in real
+    descriptors): the pivoted factor keeps d²(x, x) at rounding level, where a factor from an
+    eigen-decomposition left up to 1e-8 of tr Σ."""
+    base = features(40 + seed, 500, 48, decay=1.0)
+    rng = np.random.default_rng(seed)
+    x = np.hstack([base, base[:, :24] @ rng.standard_normal((24, 40)), np.full((500, 8), 3.0)])
+    stats = gaussian_stats(x)
+    terms = frechet_terms(stats, stats, device=device)
+    assert terms.route == "pivoted-cholesky"
+    assert terms.distance <= 1e-13 * terms.trace1
+
+
 @pytest.mark.parametrize("n1,n2,d", [(20, 30, 64), (5, 200, 64), (80, 90, 48)])
 def test_lowrank_routes_equal_full_route(n1: int, n2: int, d: int) -> None:
     x, y = features(12, n1, d), features(13, n2, d, shift=0.2)
@@ -164,8 +179,8 @@ def test_auto_route_choice() -> None:
     assert frechet_terms(small, large, device="numpy").route == "lowrank-gram"
     assert frechet_terms(large, large, device="numpy").route == "cholesky"
     singular = gaussian_stats(small)
-    assert frechet_terms(large, singular, device="numpy").route == "pivoted-cholesky"
-    assert frechet_terms(large, singular, device="cpu").route == "eigh-factor"
+    for device in ("numpy", "cpu"):
+        assert frechet_terms(large, singular, device=device).route == "pivoted-cholesky"
 
 
 @pytest.mark.parametrize("n", [30, 500])
@@ -379,3 +394,13 @@ def test_cuda_matches_numpy(precision: str, rel: float) -> None:
     expected = frechet_distance(x, y, device="numpy")
     value = frechet_distance(x, y, device="cuda", precision=precision)
     assert value == pytest.approx(expected, rel=rel)
+
+
+@pytest.mark.gpu
+def test_cuda_singular_covariance_and_default_device() -> None:
+    full, singular = gaussian_stats(features(31, 400, 300)), gaussian_stats(features(32, 50, 300))
+    terms = frechet_terms(full, singular, device="cuda")
+    assert terms.route == "pivoted-cholesky" and terms.backend.startswith("torch:cuda")
+    expected = frechet_distance(full, singular, device="numpy")
+    assert terms.distance == pytest.approx(expected, rel=1e-10)
+    assert frechet_terms(full, full).backend.startswith("torch:cuda")
