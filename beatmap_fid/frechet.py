@@ -456,15 +456,24 @@ def _numpy_lapack() -> str:
         return "lapack"
 
 
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the BLAS libraries loaded with NumPy (found once; the thread
+    counts it reports are read live), or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
 def _numpy_name() -> str:
     """``numpy (<LAPACK>, <n> threads)``, the thread count as threadpoolctl reads it."""
-    lapack = _numpy_lapack()
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return f"numpy ({lapack})"
-    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
-    return f"numpy ({lapack}, {_threads(max(counts))})" if counts else f"numpy ({lapack})"
+    controller = _blas_controller()
+    counts = [lib.num_threads for lib in controller.lib_controllers] if controller else []
+    if not counts:
+        return f"numpy ({_numpy_lapack()})"
+    return f"numpy ({_numpy_lapack()}, {_threads(max(counts))})"
 
 
 def _numpy_backend(precision: str) -> _Backend:

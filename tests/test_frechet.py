@@ -289,6 +289,20 @@ def test_default_device_is_torch() -> None:
         assert backend == f"torch:cpu ({lapack}, {threads} thread{'s' if threads > 1 else ''})"
 
 
+def test_backend_names_the_thread_count() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x = features(28, 50, 8)
+    for threads, words in ((1, "1 thread)"), (2, "2 threads)")):
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            assert frechet_terms(x, x, device="numpy").backend.endswith(words)
+        previous = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            assert frechet_terms(x, x, device="cpu").backend.endswith(words)
+        finally:
+            torch.set_num_threads(previous)
+
+
 def test_default_device_without_torch(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     x, y = features(26, 300, 16), features(27, 200, 16, shift=0.4)
