@@ -11,6 +11,7 @@ from beatmap_fid.api import StreamingFID, compute_fid, embed_to_store
 from beatmap_fid.beatmap.synthetic import write_synthetic_set
 from beatmap_fid.cli import main
 from beatmap_fid.extractors.base import build_extractor, extractor_fallbacks
+from beatmap_fid.store import EmbeddingStore
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,8 @@ def test_embed_reports_fallbacks_whether_embedded_now_or_before(maps: Path, tmp_
     again = embed_to_store(maps, "descriptors", store, progress=False)
     assert again.written == 0 and again.reused == first.n_items
     assert again.fallbacks.entries == first.fallbacks.entries
+    with EmbeddingStore(store) as stored:  # maps with a fallback are read again on each run
+        assert sorted(stored.completed_sources) == ["flow_7_000.osu", "flow_7_001.osu"]
     quiet = embed_to_store(
         maps,
         "descriptors",
