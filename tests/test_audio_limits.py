@@ -237,3 +237,36 @@ def test_real_audio_lengths_are_the_decoded_lengths(
     ]
     monkeypatch.setattr(audio, "_last_frame_decodes", lambda handle, frames: False)
     assert [audio_frames(path) for path in files] == confirmed
+
+
+def test_audio_names_outside_the_map_folder_are_not_opened(tmp_path: Path) -> None:
+    """Maps naming a real, longer song outside their folder (``..``, an absolute path, a
+    climb through a sub-folder): the song is not opened, the windows are counted from each
+    map's length and the fallback says why, in one line and under 1 GB of memory."""
+    outside = tmp_path / "outside.wav"
+    song = np.random.default_rng(4).standard_normal(120 * 8_000) * 3000
+    soundfile.write(str(outside), song.astype(np.int16), 8_000, subtype="PCM_16")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    objects = "\n".join(f"{64 + i},{96 + i},{1000 + 250 * i},1,0,0:0:0:0:" for i in range(80))
+    names = {"parent": "../outside.wav", "absolute": str(outside), "climb": "sub/../../outside.wav"}
+    for version, name in names.items():
+        (maps / f"{version}.osu").write_text(
+            _MAP.format(audio=name, version=version, objects=objects)
+        )
+    embed = ["embed", str(maps), "--quiet", "--json"]
+    out = run_cli_child(
+        {
+            "named": [*embed, "-o", str(tmp_path / "named.h5")],
+            "own_length": [*embed, "-o", str(tmp_path / "own.h5"), "--option", "use_audio=false"],
+        }
+    )
+    assert out["named"]["peak_kib"] < 1024 * 1024
+    named, own = (json.loads(out[run]["stdout"]) for run in ("named", "own_length"))
+    assert out["named"]["code"] == 0 and "Traceback" not in out["named"]["stderr"]
+    assert named["items"] == own["items"] > 0 and not named["skipped"]
+    fallbacks = {f["source"]: f["reason"] for f in named["fallbacks"]}
+    assert set(fallbacks) == {f"{version}.osu" for version in names}
+    for reason in fallbacks.values():
+        assert reason.startswith("no audio: AudioFilename ") and "\n" not in reason
+        assert "points outside the map's folder; windows counted from the map's length" in reason

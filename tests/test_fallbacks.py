@@ -29,7 +29,7 @@ def maps(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 EXPECTED = {
-    "flow_7_002.osu": "no audio: windows counted from the map's length",
+    "flow_7_002.osu": "no audio: the audio file it names (missing.wav) is missing; windows",
     "flow_7_003.osu": "undecodable audio: broken.wav: ",
 }
 

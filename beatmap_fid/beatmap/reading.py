@@ -638,6 +638,15 @@ def audio_name_problem(audio_filename: str | None) -> str | None:
     return None
 
 
+def missing_audio_reason(audio_filename: str | None) -> str:
+    """Why a map whose audio was not found has none: its ``AudioFilename`` is refused (see
+    :func:`audio_name_problem`) or names no file beside it."""
+    problem = audio_name_problem(audio_filename)
+    if problem:
+        return f"no audio: {problem.removesuffix('; ignored')}"
+    return f"no audio: the audio file it names ({audio_filename or 'none'}) is missing"
+
+
 def find_audio(osu_path: str | Path, audio_filename: str | None) -> Path | None:
     """The audio file a beatmap names, beside the ``.osu`` file (case-insensitive), or None
     (also when the name is refused by :func:`audio_name_problem`)."""

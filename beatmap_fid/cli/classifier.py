@@ -78,7 +78,7 @@ def _ranking_text(title: str, ranking: list[dict[str, Any]]) -> list[str]:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from beatmap_fid.beatmap.reading import read_beatmap_file
+    from beatmap_fid.beatmap.reading import missing_audio_reason, read_beatmap_file
     from beatmap_fid.extractors.mapper_classifier.checkpoint import load_checkpoint
     from beatmap_fid.extractors.mapper_classifier.extractor import (
         MapperClassifierExtractor,
@@ -93,10 +93,8 @@ def _run_classify(args: argparse.Namespace) -> int:
     beatmap_file = read_beatmap_file(args.beatmap)
     audio_path = Path(args.audio) if args.audio else beatmap_file.audio_path
     if audio_path is None:
-        raise InputError(
-            f"{args.beatmap}: the audio file it names ({beatmap_file.beatmap.audio_filename}) "
-            "is missing; pass it with --audio"
-        )
+        reason = missing_audio_reason(beatmap_file.beatmap.audio_filename)
+        raise InputError(f"{args.beatmap}: {reason}; pass it with --audio")
     names = load_mapper_names(args.mappers) if args.mappers else {}
     loaded = load_checkpoint(args.checkpoint)
     classifier = MapperClassifierExtractor(loaded, device=args.device, precision=args.precision)

@@ -46,7 +46,7 @@ import slider
 from numba import njit
 
 from beatmap_fid.beatmap.audio import audio_num_samples
-from beatmap_fid.beatmap.reading import BeatmapFile, iter_beatmap_files
+from beatmap_fid.beatmap.reading import BeatmapFile, iter_beatmap_files, missing_audio_reason
 from beatmap_fid.beatmap.windows import (
     DEFAULT_LENGTH_MARGIN_MS,
     DEFAULT_SAMPLE_RATE,
@@ -810,8 +810,9 @@ class DescriptorExtractor:
         """Audio length in samples that sets the map's window count (see the class docs)."""
         if self.use_audio:
             if beatmap_file.audio_path is None:
+                reason = missing_audio_reason(beatmap_file.beatmap.audio_filename)
                 self.fallbacks.add(
-                    beatmap_file.id, "no audio: windows counted from the map's length"
+                    beatmap_file.id, f"{reason}; windows counted from the map's length"
                 )
             else:
                 try:

@@ -140,6 +140,7 @@ class CM3PExtractor:
 
     def beatmap_items(self, beatmap_file, skipped: SkipLog) -> list[Item]:
         """The items of one parsed map (none, recorded in ``skipped``, when it cannot be used)."""
+        from beatmap_fid.beatmap.reading import missing_audio_reason
         from beatmap_fid.extractors.cm3p.events import song_length_from_beatmap
         from beatmap_fid.extractors.cm3p.processor import map_windows
 
@@ -147,9 +148,8 @@ class CM3PExtractor:
         audio = None
         if self.audio:
             if beatmap_file.audio_path is None:
-                named = beatmap_file.beatmap.audio_filename or "none"
                 skipped.add(
-                    beatmap_file.id, f"no audio: the audio file it names ({named}) is missing"
+                    beatmap_file.id, missing_audio_reason(beatmap_file.beatmap.audio_filename)
                 )
                 return []
             try:

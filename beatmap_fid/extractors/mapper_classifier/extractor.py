@@ -161,12 +161,12 @@ class MapperClassifierExtractor:
     def beatmap_items(self, beatmap_file: Any, skipped: SkipLog) -> list[Item]:
         """The window items of one parsed map (none, recorded in ``skipped``, when it cannot be
         used). The last decoded song is kept for the next difficulty of the same set."""
+        from beatmap_fid.beatmap.reading import missing_audio_reason
         from beatmap_fid.beatmap.tokenizer import PAD_ID
 
         cache = self._audio_cache
         if beatmap_file.audio_path is None:
-            named = beatmap_file.beatmap.audio_filename or "none"
-            skipped.add(beatmap_file.id, f"no audio: the audio file it names ({named}) is missing")
+            skipped.add(beatmap_file.id, missing_audio_reason(beatmap_file.beatmap.audio_filename))
             return []
         try:
             if beatmap_file.audio_path not in cache:
