@@ -117,6 +117,16 @@ def test_legacy_encoding_is_decoded_and_noted(tmp_path: Path, map_text: str) -> 
     assert utf8.notes == ()
 
 
+def test_a_byte_order_mark_before_legacy_bytes_is_dropped(tmp_path: Path, map_text: str) -> None:
+    """A UTF-8 byte order mark, then text with one byte that is not UTF-8: the map reads as
+    cp1252 without the mark (which cp1252 would keep as ``ï»¿`` and the parser refuse)."""
+    text = map_text.replace("Title:Synthetic flow 7", "Title:Caf\u00e9")
+    (tmp_path / "mixed.osu").write_bytes(b"\xef\xbb\xbf" + text.encode("cp1252"))
+    mixed = read_beatmap_file(tmp_path / "mixed.osu")
+    assert mixed.beatmap.title == "Café"
+    assert mixed.notes[0] == "decoded as cp1252 (the file is not valid UTF-8)"
+
+
 def test_unsupported_mode_is_refused_unless_allowed(map_text: str) -> None:
     taiko = map_text.replace("Mode: 0", "Mode: 1")
     with pytest.raises(SourceError, match=r"^unsupported mode: taiko"):
