@@ -126,7 +126,7 @@ def test_disturbed_maps_give_different_vectors(synthetic_beatmaps: Path, tmp_pat
 def test_without_audio_windows_come_from_the_map_length(synthetic_beatmaps: Path) -> None:
     extractor = DescriptorExtractor(use_audio=False)
     items, vectors, _ = _embed(extractor, synthetic_beatmaps / "flow")
-    assert not extractor.notes
+    assert not extractor.fallbacks
     expected = 0
     for path in find_beatmaps(synthetic_beatmaps / "flow"):
         beatmap = read_beatmap_file(path).beatmap
@@ -134,15 +134,15 @@ def test_without_audio_windows_come_from_the_map_length(synthetic_beatmaps: Path
     assert len(items) == expected == len(vectors)
 
 
-def test_maps_without_audio_are_noted_and_short_maps_skipped(tmp_path: Path) -> None:
+def test_maps_without_audio_are_fallbacks_and_short_maps_skipped(tmp_path: Path) -> None:
     (tmp_path / "long.osu").write_text(synthetic_beatmap(1, duration_s=30.0), encoding="utf-8")
     (tmp_path / "short.osu").write_text(synthetic_beatmap(2, duration_s=6.0), encoding="utf-8")
     extractor = DescriptorExtractor()
     items, _, skipped = _embed(extractor, tmp_path)
     assert {item.id.split("#")[0] for item in items} == {"long.osu"}
     assert skipped.reasons() == {"too short": 1}
-    assert [entry.source for entry in extractor.notes.entries] == ["long.osu", "short.osu"]
-    assert extractor.notes.reasons() == {"no audio": 2}
+    assert [entry.source for entry in extractor.fallbacks.entries] == ["long.osu", "short.osu"]
+    assert extractor.fallbacks.reasons() == {"no audio": 2}
 
 
 def test_empty_and_degenerate_windows_are_finite(tmp_path: Path) -> None:
