@@ -14,6 +14,7 @@ from beatmap_fid.beatmap.audio import audio_num_samples, load_audio, resampled_l
 from beatmap_fid.beatmap.reading import (
     find_beatmaps,
     iter_beatmap_files,
+    missing_audio_reason,
     parse_beatmap_text,
     read_beatmap,
     read_beatmap_file,
@@ -81,6 +82,31 @@ def test_finds_audio_case_insensitively(tmp_path: Path, map_text: str) -> None:
     (tmp_path / "map.osu").write_text(map_text, encoding="utf-8")
     soundfile.write(str(tmp_path / "AUDIO.WAV"), np.zeros(1600, np.float32), 16000)
     assert read_beatmap_file(tmp_path / "map.osu").audio_path == tmp_path / "AUDIO.WAV"
+
+
+def test_the_classify_verb_names_a_refused_audio_name(
+    tmp_path: Path, map_text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A map naming audio outside its folder: the reason says so, and ``classify`` stops on
+    it in one line before any checkpoint is read (the file named does exist)."""
+    (tmp_path / "song.wav").write_bytes(b"RIFF")
+    (tmp_path / "maps").mkdir()
+    text = map_text.replace("AudioFilename: audio.wav", "AudioFilename: ../song.wav")
+    assert text != map_text
+    (tmp_path / "maps" / "map.osu").write_text(text, encoding="utf-8")
+    beatmap_file = read_beatmap_file(tmp_path / "maps" / "map.osu")
+    assert beatmap_file.audio_path is None
+    reason = missing_audio_reason(beatmap_file.beatmap.audio_filename)
+    assert reason == "no audio: AudioFilename '../song.wav' points outside the map's folder"
+    assert missing_audio_reason("gone.mp3") == (
+        "no audio: the audio file it names (gone.mp3) is missing"
+    )
+    from beatmap_fid.cli import main
+
+    code = main(["classify", str(tmp_path / "maps" / "map.osu"), "--checkpoint", "absent.ckpt"])
+    error = capsys.readouterr().err
+    assert code == 1 and error.count("\n") == 1
+    assert f"{reason}; pass it with --audio" in error
 
 
 def test_circle_without_hit_sample_keeps_its_fields(map_text: str) -> None:
