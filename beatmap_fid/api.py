@@ -105,7 +105,13 @@ class StoreSession:
         self._fingerprint = Fingerprinter(extractor.config)
         self._prints: dict[str, str | None] = {}
         store_path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = StoreWriter(store_path, extractor.name, extractor.config, extractor.dim)
+        self._writer = StoreWriter(
+            store_path,
+            extractor.name,
+            extractor.config,
+            extractor.dim,
+            options=getattr(extractor, "build_options", None),
+        )
 
     def new_items(self, items: Iterable[Item]) -> Iterator[Item]:
         """The items that need embedding; the others are counted as reused."""

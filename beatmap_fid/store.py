@@ -484,6 +484,20 @@ class EmbeddingStore:
         """The extractor configuration the vectors were made with (a fresh copy)."""
         return json.loads(self._config_json)
 
+    @property
+    def options(self) -> dict[str, Any] | None:
+        """The options the extractor was built with (``build_extractor(name, **options)``
+        rebuilds it), or None when the store does not record them."""
+        if "options" not in self._file.attrs:
+            return None
+        try:
+            options = json.loads(_text_attribute(self._file, "options"))
+        except json.JSONDecodeError:
+            options = None
+        if not isinstance(options, dict):
+            raise StoreError(f"{self.path} is malformed: its options are not a JSON object")
+        return options
+
     def __len__(self) -> int:
         return self._n_rows
 
@@ -756,15 +770,28 @@ class StoreWriter:
 
     Before each batch the writer checks that the disk has room for it; a full disk raises
     :class:`~beatmap_fid.errors.StoreFullError` and leaves every committed row in place.
+
+    ``options``: the options the extractor was built with, recorded when the store is created
+    (:attr:`EmbeddingStore.options`) so that search by file can rebuild the same extractor.
     """
 
-    def __init__(self, path: str | Path, extractor: str, config: dict[str, Any], dim: int) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        extractor: str,
+        config: dict[str, Any],
+        dim: int,
+        *,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         if not isinstance(extractor, str) or not extractor:
             raise InputError(f"extractor must be a non-empty name, got {extractor!r}")
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
             raise InputError(f"dim must be a positive int, got {dim!r}")
         if not isinstance(config, dict):
             raise InputError(f"config must be a dict, got {type(config).__name__}")
+        if options is not None and not isinstance(options, dict):
+            raise InputError(f"options must be a dict or None, got {type(options).__name__}")
         # Imported here: importing the extractors package loads every extractor module,
         # which readers of a store never need.
         from beatmap_fid.extractors.base import config_hash
@@ -779,7 +806,7 @@ class StoreWriter:
         self._lock = _WriterLock(self.path)
         try:
             if not self.path.exists():
-                self._create(config)
+                self._create(config, options)
             self._file = self._open()
             # Held open while writing: HDF5 flushes a dataset's cached chunks when the dataset
             # is closed, where a failed write could not be reported.
@@ -796,7 +823,7 @@ class StoreWriter:
             self._lock.release()
             raise
 
-    def _create(self, config: dict[str, Any]) -> None:
+    def _create(self, config: dict[str, Any], options: dict[str, Any] | None) -> None:
         """Write an empty store under a temporary name, then rename it into place."""
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
@@ -807,6 +834,8 @@ class StoreWriter:
                 file.attrs["config_hash"] = self.config_hash
                 file.attrs["library_version"] = __version__
                 file.attrs["dim"] = self.dim
+                if options is not None:
+                    file.attrs["options"] = canonical_config_json(options)
                 file.create_dataset(
                     "vectors",
                     shape=(0, self.dim),
@@ -1128,7 +1157,9 @@ def _rewrite(path: Path, drop: np.ndarray) -> None:
         with EmbeddingStore(path, _lock_held=True) as store:
             keep = np.ones(len(store), dtype=bool)
             keep[drop] = False
-            with StoreWriter(temporary, store.extractor, store.config, store.dim) as writer:
+            with StoreWriter(
+                temporary, store.extractor, store.config, store.dim, options=store.options
+            ) as writer:
                 _copy_rows(store, writer, keep)
         os.replace(temporary, path)
     finally:
@@ -1166,7 +1197,9 @@ def merge_stores(
                     f"(dimension {first.dim})"
                 )
         total = sum(len(store) for store in stores)
-        writer = stack.enter_context(StoreWriter(output, first.extractor, first.config, first.dim))
+        writer = stack.enter_context(
+            StoreWriter(output, first.extractor, first.config, first.dim, options=first.options)
+        )
         bar = stack.enter_context(
             tqdm(total=total, desc=f"merging into {output.name}", unit="row", disable=not progress)
         )
