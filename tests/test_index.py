@@ -22,10 +22,11 @@ from beatmap_fid.index import (
     build_index,
     choose_index,
     file_checksum,
-    json_checksum,
+    ids_checksum,
     load_index,
     parse_memory_size,
     recall_at_k,
+    sealed_sidecar,
     sidecar_path_of,
 )
 from beatmap_fid.store import StoreWriter
@@ -35,10 +36,8 @@ def reseal(sidecar, meta: dict) -> None:
     """Write ``meta`` with checksums of its ids and content recomputed (as a tool editing a
     sidecar on purpose would), so that the schema, not the checksum, has to catch what is
     wrong."""
-    meta["checksums"]["ids"] = json_checksum(meta.get("ids"))
-    content = {key: value for key, value in meta.items() if key != "checksums"}
-    meta["checksums"]["sidecar"] = json_checksum(content)
-    sidecar.write_text(json.dumps(meta))
+    meta["checksums"]["ids"] = ids_checksum(meta["ids"])
+    sidecar.write_bytes(sealed_sidecar(meta))
 
 
 def clustered(n: int, dim: int, *, clusters: int = 40, seed: int = 0) -> np.ndarray:

@@ -20,9 +20,10 @@ from beatmap_fid.errors import ConfigMismatchError, IndexFileError, InputError
 from beatmap_fid.index import (
     build_index,
     file_checksum,
-    json_checksum,
+    ids_checksum,
     load_index,
     read_sidecar,
+    sealed_sidecar,
     sidecar_path_of,
 )
 from beatmap_fid.store import EmbeddingStore, StoreWriter, merge_stores
@@ -63,12 +64,12 @@ def _copy(saved: Path, folder: Path) -> tuple[Path, dict]:
     return target, json.loads(sidecar_path_of(target).read_text())
 
 
-def _reseal(meta: dict) -> dict:
-    """Recompute the ids and content checksums, as a tool editing the sidecar would."""
-    meta["checksums"]["ids"] = json_checksum(meta.get("ids"))
-    content = {key: value for key, value in meta.items() if key != "checksums"}
-    meta["checksums"]["sidecar"] = json_checksum(content)
-    return meta
+def _reseal(meta: dict) -> bytes:
+    """The sidecar's bytes with its ids and own checksums recomputed, as a tool editing the
+    sidecar on purpose would write them."""
+    if isinstance(meta.get("ids"), list):
+        meta["checksums"]["ids"] = ids_checksum(meta["ids"])
+    return sealed_sidecar(meta)
 
 
 def _swap_first_two(values: list) -> list:
@@ -140,10 +141,6 @@ TAMPERS: dict[str, tuple[Callable[[dict], None], str]] = {
     "other nlist": (lambda m: m["plan"].update(nlist=m["plan"]["nlist"] * 2), "nlist"),
     "ntotal": (lambda m: m.update(ntotal=m["ntotal"] + 1), "plan is for"),
     "dimension": (lambda m: (m.update(dim=9), m["plan"].update(dim=9)), "dimension 8 in the file"),
-    "duplicated ids": (
-        lambda m: m["ids"].__setitem__(0, m["ids"][1]),
-        "ids are not unique",
-    ),
     "ids numbers": (lambda m: m.update(ids=list(range(len(m["ids"])))), "ids must all be"),
     "options not an object": (lambda m: m["source"].update(options=[1]), "'options' must be"),
     "checksum not hex": (
@@ -168,7 +165,7 @@ def test_every_tampered_sidecar_is_refused(saved_index: Path, tmp_path: Path, na
     if "checksums" not in meta:
         return
     # Checksums recomputed: the schema or the comparison with the FAISS file must catch it.
-    sidecar_path_of(path).write_text(json.dumps(_reseal(meta)))
+    sidecar_path_of(path).write_bytes(_reseal(meta))
     with pytest.raises(IndexFileError, match=message) as resealed:
         load_index(path)
     assert "\n" not in str(resealed.value)
@@ -180,8 +177,9 @@ def test_every_tampered_sidecar_is_refused(saved_index: Path, tmp_path: Path, na
         lambda ids: ids[::-1],
         lambda ids: [ids[i] for i in np.random.default_rng(0).permutation(len(ids))],
         _swap_first_two,
+        lambda ids: [ids[1], *ids[1:]],
     ],
-    ids=["reversed", "shuffled", "two swapped"],
+    ids=["reversed", "shuffled", "two swapped", "duplicated"],
 )
 def test_reordered_ids_are_refused(saved_index: Path, tmp_path: Path, reorder):
     path, meta = _copy(saved_index, tmp_path / "ids")
@@ -189,6 +187,15 @@ def test_reordered_ids_are_refused(saved_index: Path, tmp_path: Path, reorder):
     sidecar_path_of(path).write_text(json.dumps(meta))
     with pytest.raises(IndexFileError, match="ids do not match their checksum"):
         load_index(path)
+
+
+def test_duplicated_ids_with_checksums_recomputed_are_refused_when_searched(saved_index, tmp_path):
+    path, meta = _copy(saved_index, tmp_path / "duplicated")
+    meta["ids"][0] = meta["ids"][1]
+    sidecar_path_of(path).write_bytes(_reseal(meta))
+    vindex = load_index(path)  # uniqueness is checked when the ids are first looked up
+    with pytest.raises(IndexFileError, match="ids are not unique"):
+        vindex.search(["item-3"], 2)
 
 
 @pytest.mark.parametrize(
@@ -230,7 +237,7 @@ def test_the_sidecar_records_checksums_and_loads_memory_mapped(saved_index: Path
     meta = read_sidecar(saved_index)
     assert meta["format_version"] == 2
     assert meta["checksums"]["index_file"] == file_checksum(saved_index)
-    assert meta["checksums"]["ids"] == json_checksum(meta["ids"])
+    assert meta["checksums"]["ids"] == ids_checksum(meta["ids"])
     loaded = load_index(saved_index, mmap=True)
     assert loaded.search(["item-5"], 3).k == 3
 
@@ -276,12 +283,17 @@ def test_tampered_sidecars_are_one_line_from_the_cli_under_a_gigabyte(saved_inde
         path, meta = _copy(saved_index, tmp_path / name.replace(" ", "_"))
         edit(meta)
         if "checksums" in meta:
-            _reseal(meta)
-        sidecar_path_of(path).write_text(json.dumps(meta))
+            sidecar_path_of(path).write_bytes(_reseal(meta))
+        else:
+            sidecar_path_of(path).write_text(json.dumps(meta))
         cases.append(str(path))
     path, meta = _copy(saved_index, tmp_path / "reversed")
     meta["ids"] = meta["ids"][::-1]
     sidecar_path_of(path).write_text(json.dumps(meta))
+    cases.append(str(path))
+    path, meta = _copy(saved_index, tmp_path / "duplicated")
+    meta["ids"][0] = meta["ids"][1]
+    sidecar_path_of(path).write_bytes(_reseal(meta))
     cases.append(str(path))
     script = (
         "import contextlib, io, json, resource, sys\n"
@@ -293,6 +305,9 @@ def test_tampered_sidecars_are_one_line_from_the_cli_under_a_gigabyte(saved_inde
         "        code = main(['search', path, 'item-3', '-k', '3'])\n"
         "    results.append((code, err.getvalue()))\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "for line in open('/proc/self/status'):  # this process's own peak (Linux)\n"
+        "    if line.startswith('VmHWM:'):\n"
+        "        peak = int(line.split()[1]) * 1024\n"
         "print(json.dumps({'results': results, 'peak': peak}))\n"
     )
     done = subprocess.run(
