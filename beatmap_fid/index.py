@@ -1433,8 +1433,9 @@ def load_index(
     (one read of it; figures in ``benchmarks/RESULTS.md``) for a file known to be intact; its
     size is still checked.
 
-    ``mmap=True`` maps the index file instead of reading it into memory (IVF lists, flat
-    codes), for indexes larger than RAM; such an index stays on the CPU.
+    ``mmap=True`` maps the inverted lists of IVF indexes instead of reading them into memory,
+    for indexes larger than RAM (FAISS 1.15 still reads a flat index whole); such an index
+    stays on the CPU.
     """
     import faiss
 
