@@ -404,3 +404,41 @@ def test_cli_search_by_file_over_a_store_with_options(synthetic_beatmaps, tmp_pa
     assert main([*search, "--option", "use_audio=true"]) == 1
     assert "config hash" in capsys.readouterr().err
     assert main([*search, "--option", "use_audio=false", "--json"]) == 0
+
+
+def test_the_header_checksum_covers_the_options_and_repair_keeps_them(tmp_path):
+    import hashlib
+
+    import h5py
+
+    from beatmap_fid.errors import StoreDamagedError
+    from beatmap_fid.store import check_store
+
+    plain = tmp_path / "plain.h5"
+    with StoreWriter(plain, "toy", {"k": 1}, 4):
+        pass
+    with h5py.File(plain, "r") as file:  # without options: the checksum of format 2 as before
+        fields = [2, "toy", file.attrs["config"], file.attrs["config_hash"], 4]
+        before = hashlib.blake2b(json.dumps(fields).encode(), digest_size=8).hexdigest()
+        assert file.attrs["header_checksum"] == before
+    options = {"use_audio": False}
+    path = tmp_path / "a.h5"
+    with StoreWriter(path, "toy", {"k": 1}, 4, options=options) as writer:
+        writer.append(["a", "b"], np.ones((2, 4), np.float32))
+        writer.append(["c"], np.ones((1, 4), np.float32))
+    for edit in ("changed", "removed"):
+        edited = tmp_path / f"{edit}.h5"
+        shutil.copyfile(path, edited)
+        with h5py.File(edited, "r+") as file:
+            if edit == "changed":
+                file.attrs["options"] = json.dumps({"use_audio": True})
+            else:
+                del file.attrs["options"]
+        with pytest.raises(StoreDamagedError, match="do not match their checksum"):
+            EmbeddingStore(edited)
+    with h5py.File(path, "r+") as file:  # damage the second batch's vectors
+        file["vectors"][2] = np.zeros(4, np.float32)
+    result = check_store(path, repair=True)
+    assert result.dropped_rows == 1
+    with EmbeddingStore(path) as store:
+        assert list(store.ids) == ["a", "b"] and store.options == options
