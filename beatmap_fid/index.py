@@ -1045,7 +1045,7 @@ def file_checksum(path: str | os.PathLike, workers: int | None = None) -> str:
     is the SHA-256 of the file size (8 bytes, little-endian) followed by the leaf digests.
     Memory stays one 1 MiB buffer per thread whatever the size of the file, which is read,
     never mapped or loaded whole. SHA-256 rather than BLAKE2b: with the SHA extensions of
-    current CPUs it hashes 2.5 times faster per core (``benchmarks/RESULTS.md``).
+    current CPUs it is the faster of the two (3.5 times in ``benchmarks/RESULTS.md``).
     """
     path = Path(path)
     size = path.stat().st_size
