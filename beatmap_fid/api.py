@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from beatmap_fid.beatmap.reading import BeatmapFile, parse_beatmap_text, read_beatmap_file
 from beatmap_fid.errors import (
+    BeatmapFidError,
     ExtractorError,
     InputError,
     InsufficientSamplesError,
@@ -117,7 +119,13 @@ class StoreSession:
         self._finished: list[tuple[str, str]] = []  # complete, not yet recorded
         self._stored_by_source: dict[str, list[str]] | None = None
         store_path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = StoreWriter(store_path, extractor.name, extractor.config, extractor.dim)
+        self._writer = StoreWriter(
+            store_path,
+            extractor.name,
+            extractor.config,
+            extractor.dim,
+            options=getattr(extractor, "build_options", None),
+        )
 
     def source_key(self, paths: Sequence[Path]) -> str:
         """Key of a source file and the files beside it that it names (its audio)."""
@@ -395,11 +403,18 @@ def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -
         cache = store_path.with_name(store_path.name + ".stats.npz")
         key = _stats_cache_key(store_path, store)
         if cache.exists():
-            with np.load(cache) as cached:
-                if "key" in cached.files and str(cached["key"]) == key:
+            try:
+                with np.load(cache, allow_pickle=False) as cached:
+                    fresh = "key" in cached.files and str(cached["key"]) == key
+                if fresh:
                     return GaussianStats.load(cache)
+            except (BeatmapFidError, OSError, EOFError, ValueError, zipfile.BadZipFile):
+                pass  # a damaged cache is computed again
         stats = store.statistics()
-        np.savez(cache, mu=stats.mu, sigma=stats.sigma, n=stats.n, key=key)
+        partial = cache.with_name(cache.name + ".partial")
+        with open(partial, "wb") as handle:
+            np.savez(handle, mu=stats.mu, sigma=stats.sigma, n=stats.n, key=key)
+        os.replace(partial, cache)
         return stats
 
 
@@ -496,7 +511,7 @@ def resolve_statistics(
     if result.n_items < 2:
         raise InsufficientSamplesError(
             f"{path}: {result.n_items} usable item(s) from {result.n_sources} file(s); "
-            f"at least 2 are needed. {result.skipped.summary()}"
+            f"at least 2 are needed. {result.skipped.brief()}"
         )
     return store_statistics(result.store_path, result.ids), summary
 
@@ -538,7 +553,7 @@ def compute_fid(
             if not cache:
                 summary.store_path = None
             if strict and summary.skipped:
-                raise SourceError(f"{summary.source}: {summary.skipped.summary()}")
+                raise SourceError(f"{summary.source}: {summary.skipped.brief()}")
             sides.append((stats, summary))
     (real_stats, real_summary), (gen_stats, gen_summary) = sides
     fid = frechet_distance(real_stats, gen_stats, device=device)
@@ -644,6 +659,6 @@ class StreamingFID:
         if self._running.n < 2:
             raise InsufficientSamplesError(
                 f"{self._running.n} generated window(s) so far; at least 2 are needed. "
-                f"{self.skipped.summary()}"
+                f"{self.skipped.brief()}"
             )
         return frechet_distance(self.reference, self._running.result(), device=self.device)

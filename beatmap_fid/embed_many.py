@@ -70,7 +70,7 @@ def _side(source: Path, extractor: Extractor, result: EmbedResult) -> Any:
     if result.n_items < 2:
         raise InsufficientSamplesError(
             f"{source} with {extractor.name!r}: {result.n_items} usable item(s) from "
-            f"{result.n_sources} file(s); at least 2 are needed. {result.skipped.summary()}"
+            f"{result.n_sources} file(s); at least 2 are needed. {result.skipped.brief()}"
         )
     summary = SideSummary.of_folder(source, result)
     return EvalSide(

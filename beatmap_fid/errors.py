@@ -99,6 +99,19 @@ class SkipLog:
         """Number of skips per reason (the part of the reason before the first colon)."""
         return Counter(entry.reason.split(":", 1)[0] for entry in self.entries)
 
+    def brief(self) -> str:
+        """The skips on one line, for an error message: how many, the commonest reasons and
+        the first skipped input."""
+        if not self.entries:
+            return "nothing skipped"
+        common = self.reasons().most_common()
+        reasons = ", ".join(f"{count} {reason}" for reason, count in common[:3])
+        if len(common) > 3:
+            reasons += f", {sum(count for _, count in common[3:])} other"
+        first = self.entries[0]
+        detail = " ".join(f"{first.source}: {first.reason}".split())
+        return f"{len(self.entries)} skipped ({reasons}); first: {detail[:300]}"
+
     def summary(self, limit: int = 20, what: str = "skipped") -> str:
         """A readable list of what was skipped (or ``what`` happened to the entries), at most
         ``limit`` lines of detail."""

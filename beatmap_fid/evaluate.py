@@ -185,7 +185,7 @@ def load_side(
         if result.n_items < 2:
             raise InsufficientSamplesError(
                 f"{path}: {result.n_items} usable item(s) from {result.n_sources} file(s); "
-                f"at least 2 are needed. {result.skipped.summary()}"
+                f"at least 2 are needed. {result.skipped.brief()}"
             )
         summary = SideSummary.of_folder(path, result)
         return EvalSide(
@@ -242,7 +242,7 @@ def load_sides(
             progress=progress,
         )
         if strict and side.summary.skipped:
-            raise SourceError(f"{side.summary.source}: {side.summary.skipped.summary()}")
+            raise SourceError(f"{side.summary.source}: {side.summary.skipped.brief()}")
         sides.append(side)
     first, second = sides
     if first.config_hash and second.config_hash and first.config_hash != second.config_hash:
@@ -519,7 +519,7 @@ def score_source(
         if ids:  # this source's rows of a store made with the head's configuration
             features = result.vectors()
     if not ids:
-        raise InputError(f"{source}: nothing to score. {skipped.summary()}")
+        raise InputError(f"{source}: nothing to score. {skipped.brief()}")
     scores = _scores(head, head_name, label, ids, features, str(store_path), skipped)
     scores.fallbacks = fallbacks
     return scores

@@ -39,12 +39,14 @@ means closer).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,7 +71,7 @@ FLAT_MAX_ROWS = 20_000
 HNSW_MAX_ROWS = 100_000
 HNSW_M = 32
 SIDECAR_FORMAT = "beatmap_fid.index"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2
 _TRAIN_POINTS_PER_CENTROID = 40  # FAISS k-means warns below 39 points per centroid
 _CONFIDENCE_Z = 1.645  # one-sided 95 %: tuned recall's lower bound must reach the target
 
@@ -262,6 +264,7 @@ def _store_provenance(store: Any) -> dict[str, Any]:
         "config": store.config,
         "config_hash": store.config_hash,
         "store_path": str(Path(store.path).resolve()),
+        "options": store.options,
     }
 
 
@@ -480,12 +483,25 @@ class VectorIndex:
         """Position of ``item_id`` in :attr:`ids`, or None when it is not indexed."""
         if self._position_of is None:
             self._position_of = {str(v): i for i, v in enumerate(self.ids)}
+            if len(self._position_of) != len(self.ids):
+                self._position_of = None
+                raise IndexFileError("the index's ids are not unique: rebuild the index")
         return self._position_of.get(str(item_id))
 
     def set_search_params(self, **params: int) -> None:
         """Set search parameters by hand: ``nprobe`` (IVF), ``efSearch`` (HNSW),
         ``k_factor_rf`` (IVF-PQ re-ranking: candidates per result)."""
+        limits = search_param_limits(self.plan)
         for name, value in params.items():
+            if name not in limits:
+                takes = ", ".join(limits) or "none"
+                raise InputError(
+                    f"a {self.family} index has no search parameter {name!r} (it takes: {takes})"
+                )
+            if not _is_int(value, 1) and not isinstance(value, np.integer):
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+            if not 1 <= value <= limits[name]:
+                raise InputError(f"{name} must be in [1, {limits[name]}], got {value}")
             _set_search_param(self.index, name, value, self.on_gpu)
             self.search_params[name] = int(value)
 
@@ -511,19 +527,25 @@ class VectorIndex:
         *,
         exclude_self: bool = True,
         skipped: SkipLog | None = None,
+        extractor_options: dict[str, Any] | None = None,
     ) -> SearchResult:
         """The ``k`` nearest indexed items of each query, closest first.
 
         ``queries``: an array (n, dim) or one vector; or a list whose entries are ids held by
         the index (their vectors are looked up; with ``exclude_self`` the item itself is left
-        out of its own results) or paths of files, embedded with the store's extractor config.
+        out of its own results) or paths of files, embedded with the store's extractor, rebuilt
+        with the options its store recorded (``extractor_options`` adds to or overrides them,
+        e.g. ``{"device": "cpu"}``; the config hash must still match the index's).
         ``k`` larger than the index is clipped to its size with a warning.
         """
-        query_vectors, query_ids, self_positions = self._query_vectors(queries, skipped)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InputError(f"k must be a whole number of neighbours >= 1, got {k!r}")
+        k = int(k)
+        query_vectors, query_ids, self_positions = self._query_vectors(
+            queries, skipped, extractor_options
+        )
         n_excluded = 1 if exclude_self and (self_positions >= 0).any() else 0
         available = len(self) - n_excluded
-        if k < 1:
-            raise InputError(f"k must be at least 1, got {k}")
         if available < 1:
             raise InsufficientSamplesError("the index holds no other item to return")
         if k > available:
@@ -545,7 +567,7 @@ class VectorIndex:
         return SearchResult(query_ids, ids, distances, positions, labels, self.metric)
 
     def _query_vectors(
-        self, queries: Any, skipped: SkipLog | None
+        self, queries: Any, skipped: SkipLog | None, extractor_options: dict[str, Any] | None
     ) -> tuple[np.ndarray, list[str], np.ndarray]:
         if isinstance(queries, np.ndarray) or (
             isinstance(queries, Sequence)
@@ -579,7 +601,7 @@ class VectorIndex:
         if id_positions:
             id_vectors = self._vectors_of_positions(id_positions)
         id_row = 0
-        file_rows = iter(self._embed_files(files, skipped) if files else [])
+        file_rows = iter(self._embed_files(files, skipped, extractor_options) if files else [])
         for query, position in zip(queries, by_id):
             if position is not None:
                 vectors.append(id_vectors[id_row])
@@ -619,7 +641,10 @@ class VectorIndex:
         return self.reconstruct(positions)
 
     def _embed_files(
-        self, files: Sequence[str | os.PathLike], skipped: SkipLog | None
+        self,
+        files: Sequence[str | os.PathLike],
+        skipped: SkipLog | None,
+        extractor_options: dict[str, Any] | None,
     ) -> list[list[tuple[str, np.ndarray]]]:
         """Per file, (item id, vector) pairs embedded with the index's extractor config."""
         from beatmap_fid.extractors.base import build_extractor, config_hash, extractor_batches
@@ -630,12 +655,20 @@ class VectorIndex:
                 "this index was built from an array, not a store: it does not know how to "
                 "embed files; pass vectors or ids"
             )
-        config = self.provenance.get("config") or {}
-        extractor = build_extractor(name, **config.get("options", {}))
+        recorded = self.provenance.get("options")
+        options = {**(recorded or {}), **(extractor_options or {})}
+        extractor = build_extractor(name, **options)
         if self.config_hash and config_hash(extractor.config) != self.config_hash:
+            unknown = (
+                "; the store does not record the options it was built with: pass them "
+                "(extractor_options, or --option in the CLI)"
+                if recorded is None and not extractor_options
+                else ""
+            )
             raise ConfigMismatchError(
-                f"extractor {name!r} rebuilt from the index's config has config hash "
-                f"{config_hash(extractor.config)}, the index was built with {self.config_hash}"
+                f"extractor {name!r} rebuilt with options {options} has config hash "
+                f"{config_hash(extractor.config)}, the index was built with "
+                f"{self.config_hash}{unknown}"
             )
         self._check_dim(int(extractor.dim), f"extractor {name!r}")
         skipped = skipped if skipped is not None else SkipLog()
@@ -710,7 +743,11 @@ class VectorIndex:
     # -- saving
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index to ``path`` and its sidecar ``path + '.json'``; returns ``path``."""
+        """Write the index to ``path`` and its sidecar ``path + '.json'``; returns ``path``.
+
+        The sidecar records checksums of the index file, of the ids and of its own content
+        (see :func:`load_index`).
+        """
         import faiss
 
         path = Path(path)
@@ -718,6 +755,7 @@ class VectorIndex:
         index = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
         tmp_index = path.with_name(path.name + ".tmp")
         faiss.write_index(index, str(tmp_index))
+        index_checksum = file_checksum(tmp_index)
         os.replace(tmp_index, path)
         identity = np.array_equal(self.row_positions, np.arange(len(self.row_positions)))
         sidecar = {
@@ -738,9 +776,15 @@ class VectorIndex:
             "labels": None if self.labels is None else self.labels.tolist(),
             "row_positions": None if identity else self.row_positions.tolist(),
         }
+        sidecar["checksums"] = {
+            "algorithm": CHECKSUM_ALGORITHM,
+            "index_file": index_checksum,
+            "ids": ids_checksum(sidecar["ids"]),
+            "sidecar": "",
+        }
         sidecar_path = sidecar_path_of(path)
         tmp_sidecar = sidecar_path.with_name(sidecar_path.name + ".tmp")
-        tmp_sidecar.write_text(json.dumps(sidecar, ensure_ascii=False), encoding="utf-8")
+        tmp_sidecar.write_bytes(sealed_sidecar(sidecar))
         os.replace(tmp_sidecar, sidecar_path)
         return path
 
@@ -809,8 +853,8 @@ def build_index(
 
     if not 0.0 < recall <= 1.0:
         raise InputError(f"recall target must be in (0, 1], got {recall}")
-    if k < 1:
-        raise InputError(f"k must be at least 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InputError(f"k must be a whole number of neighbours >= 1, got {k!r}")
     faiss_metric = _faiss_metric(metric)
     with ExitStack() as stack:
         src = _as_source(source, ids, labels, stack)
@@ -984,17 +1028,300 @@ def _tune(
     )
 
 
-# ----------------------------------------------------------------------------- loading
+# ----------------------------------------------------------------------------- sidecar
+
+CHECKSUM_ALGORITHM = "sha256-tree-64MiB"
+_LEAF_BYTES = 64 << 20  # the tree hash's leaf: one thread hashes one leaf at a time
+_READ_BYTES = 1 << 20
+_MAX_EF_SEARCH = 1 << 20
+_MAX_K_FACTOR_RF = 1 << 16
 
 
-def load_index(path: str | os.PathLike, *, mmap: bool = False, device: str = "cpu") -> VectorIndex:
-    """Read an index written by :meth:`VectorIndex.save`.
+def file_checksum(path: str | os.PathLike, workers: int | None = None) -> str:
+    """Tree hash of a file's bytes, as 64 hexadecimal digits (:data:`CHECKSUM_ALGORITHM`).
 
-    ``mmap=True`` maps the index file instead of reading it into memory (IVF lists, flat
-    codes), for indexes larger than RAM; such an index stays on the CPU.
+    The file is cut into 64 MiB leaves; each leaf's SHA-256 is computed by one of ``workers``
+    threads (default: one per CPU; ``hashlib`` releases the GIL while it hashes), and the root
+    is the SHA-256 of the file size (8 bytes, little-endian) followed by the leaf digests.
+    Memory stays one 1 MiB buffer per thread whatever the size of the file, which is read,
+    never mapped or loaded whole. SHA-256 rather than BLAKE2b: with the SHA extensions of
+    current CPUs it is the faster of the two (3.5 times in ``benchmarks/RESULTS.md``).
     """
-    import faiss
+    path = Path(path)
+    size = path.stat().st_size
+    n_leaves = max(1, -(-size // _LEAF_BYTES))
 
+    def leaf(number: int) -> bytes:
+        digest = hashlib.sha256()
+        start, end = number * _LEAF_BYTES, min(size, (number + 1) * _LEAF_BYTES)
+        buffer = memoryview(bytearray(_READ_BYTES))
+        with open(path, "rb") as file:
+            file.seek(start)
+            while start < end:
+                got = file.readinto(buffer[: min(_READ_BYTES, end - start)])
+                if not got:
+                    raise IndexFileError(f"{path} shrank while its checksum was computed")
+                digest.update(buffer[:got])
+                start += got
+        return digest.digest()
+
+    workers = max(1, min(n_leaves, workers or os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        leaves = list(pool.map(leaf, range(n_leaves)))
+    return hashlib.sha256(size.to_bytes(8, "little") + b"".join(leaves)).hexdigest()
+
+
+def ids_checksum(ids: Sequence[str]) -> str:
+    """SHA-256 of a list of ids written as a compact JSON array (UTF-8, no spaces), in order."""
+    text = json.dumps(list(ids), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_UNSEALED = b"0" * 64
+
+
+def _sidecar_digest(data: bytes, digest: str) -> str:
+    """SHA-256 of a sidecar's bytes with its own checksum (the last occurrence of ``digest``)
+    replaced by 64 zeros."""
+    at = data.rfind(digest.encode("ascii"))
+    if at >= 0:
+        data = data[:at] + _UNSEALED + data[at + len(digest) :]
+    return hashlib.sha256(data).hexdigest()
+
+
+def sealed_sidecar(meta: dict[str, Any]) -> bytes:
+    """The JSON bytes of ``meta`` with ``checksums.sidecar`` set to their own checksum.
+
+    ``checksums`` must be the last key, so that its digest is the last 64 digits of the file.
+    """
+    meta = {**meta, "checksums": {**meta["checksums"], "sidecar": _UNSEALED.decode()}}
+    data = json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    digest = _sidecar_digest(data, _UNSEALED.decode())
+    at = data.rfind(_UNSEALED)
+    return data[:at] + digest.encode("ascii") + data[at + len(_UNSEALED) :]
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One key of the sidecar schema (every key is required): what its value must be."""
+
+    expected: str
+    check: Callable[[Any], bool]
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return type(value) is int and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _or_null(spec: _Field) -> _Field:
+    return _Field(f"{spec.expected} or null", lambda v: v is None or spec.check(v))
+
+
+_TEXT = _Field("a string", lambda v: isinstance(v, str))
+_COUNT = _Field("an integer >= 0", _is_int)
+_POSITIVE = _Field("an integer >= 1", lambda v: _is_int(v, 1))
+_OBJECT = _Field("an object", lambda v: isinstance(v, dict))
+_HEX64 = _Field("64 hexadecimal digits", lambda v: isinstance(v, str) and _is_hex64(v))
+_INT_MAP = _Field(
+    "an object of integers",
+    lambda v: isinstance(v, dict) and all(type(x) is int for x in v.values()),
+)
+_FRACTION = _Field("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1)
+
+# The sidecar's schema: every key and its type; every key is required and no other is
+# allowed. Relations between keys (lengths, permutation, search parameters of the family)
+# are checked by _check_sidecar.
+_PLAN_SCHEMA: dict[str, _Field] = {
+    "family": _Field(f"one of {', '.join(FAMILIES)}", lambda v: v in FAMILIES),
+    "factory": _TEXT,
+    "n": _POSITIVE,
+    "dim": _POSITIVE,
+    "memory_bytes": _COUNT,
+    "nlist": _or_null(_POSITIVE),
+    "pq_m": _or_null(_POSITIVE),
+    "pq_bits": _or_null(_POSITIVE),
+    "hnsw_m": _or_null(_POSITIVE),
+    "refine": _or_null(_TEXT),
+    "train_size": _COUNT,
+    "reason": _TEXT,
+}
+_TUNING_SCHEMA: dict[str, _Field] = {
+    "params": _INT_MAP,
+    "k": _POSITIVE,
+    "recall_target": _Field("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
+    "recall_tuning": _or_null(_FRACTION),
+    "recall_eval": _or_null(_FRACTION),
+    "n_tuning_queries": _COUNT,
+    "n_eval_queries": _COUNT,
+    "reached": _Field("true or false", lambda v: type(v) is bool),
+}
+_SOURCE_SCHEMA: dict[str, _Field] = {  # an index of a store; an index of an array has {}
+    "extractor": _TEXT,
+    "config": _OBJECT,
+    "config_hash": _TEXT,
+    "store_path": _TEXT,
+    "options": _or_null(_OBJECT),
+}
+_CHECKSUMS_SCHEMA: dict[str, _Field] = {
+    "algorithm": _Field(repr(CHECKSUM_ALGORITHM), lambda v: v == CHECKSUM_ALGORITHM),
+    "index_file": _HEX64,
+    "ids": _HEX64,
+    "sidecar": _HEX64,
+}
+_SIDECAR_SCHEMA: dict[str, _Field] = {
+    "format": _Field(repr(SIDECAR_FORMAT), lambda v: v == SIDECAR_FORMAT),
+    "format_version": _Field(str(SIDECAR_VERSION), lambda v: v == SIDECAR_VERSION),
+    "library_version": _TEXT,
+    "faiss_version": _TEXT,
+    "index_file": _TEXT,
+    "index_bytes": _COUNT,
+    "metric": _Field(f"one of {', '.join(METRICS)}", lambda v: v in METRICS),
+    "dim": _POSITIVE,
+    "ntotal": _POSITIVE,
+    "plan": _OBJECT,
+    "search_params": _INT_MAP,
+    "tuning": _or_null(_OBJECT),
+    "source": _OBJECT,
+    "ids": _Field("a list of strings", lambda v: isinstance(v, list)),
+    "labels": _or_null(_Field("a list of strings", lambda v: isinstance(v, list))),
+    "row_positions": _or_null(_Field("a list of integers", lambda v: isinstance(v, list))),
+    "checksums": _OBJECT,
+}
+
+
+def _is_hex64(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _check_object(value: dict[str, Any], schema: dict[str, _Field], where: str) -> None:
+    unknown = sorted(set(value) - set(schema))
+    if unknown:
+        raise IndexFileError(f"{where} has unknown key {unknown[0]!r}")
+    for key, spec in schema.items():
+        if key not in value:
+            raise IndexFileError(f"{where} lacks {key!r}")
+        if not spec.check(value[key]):
+            raise IndexFileError(
+                f"{where}: {key!r} must be {spec.expected}, got {_shown(value[key])}"
+            )
+
+
+def _shown(value: Any) -> str:
+    """A short description of a JSON value for an error message."""
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"an object with keys {', '.join(map(repr, list(value)[:4]))}"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def search_param_limits(plan: IndexPlan | dict[str, Any]) -> dict[str, int]:
+    """The search parameters an index of this plan takes, and the largest value of each."""
+    plan = asdict(plan) if isinstance(plan, IndexPlan) else plan
+    if plan["family"] == "hnsw":
+        return {"efSearch": _MAX_EF_SEARCH}
+    if plan["family"] in ("ivf-flat", "ivf-pq"):
+        limits = {"nprobe": int(plan["nlist"] or 1)}
+        if plan["refine"]:
+            limits["k_factor_rf"] = _MAX_K_FACTOR_RF
+        return limits
+    return {}
+
+
+def _check_search_params(params: dict[str, int], plan: dict[str, Any], where: str) -> None:
+    limits = search_param_limits(plan)
+    for name, value in params.items():
+        if name not in limits:
+            takes = ", ".join(limits) or "none"
+            raise IndexFileError(
+                f"{where}: a {plan['family']} index has no search parameter {name!r} "
+                f"(it takes: {takes})"
+            )
+        if not 1 <= value <= limits[name]:
+            raise IndexFileError(f"{where}: {name} must be in [1, {limits[name]}], got {value}")
+
+
+def _check_strings(values: list[Any], n: int, what: str, where: str) -> None:
+    if len(values) != n:
+        raise IndexFileError(f"{where}: {len(values)} {what} for ntotal {n}")
+    if set(map(type, values)) - {str}:
+        raise IndexFileError(f"{where}: {what} must all be strings")
+
+
+def _check_sidecar(meta: dict[str, Any], where: str) -> None:
+    """Refuse a sidecar that does not follow the schema, with one line naming the key."""
+    _check_object(meta, _SIDECAR_SCHEMA, where)
+    _check_object(meta["plan"], _PLAN_SCHEMA, f"{where} plan")
+    plan, n = meta["plan"], meta["ntotal"]
+    if plan["dim"] != meta["dim"] or plan["n"] != n:
+        raise IndexFileError(
+            f"{where}: plan is for {plan['n']} vectors of dimension {plan['dim']}, the sidecar "
+            f"holds {n} of dimension {meta['dim']}"
+        )
+    if plan["family"] in ("ivf-flat", "ivf-pq") and plan["nlist"] is None:
+        raise IndexFileError(f"{where}: an {plan['family']} plan needs 'nlist'")
+    _check_search_params(meta["search_params"], plan, f"{where} search_params")
+    if meta["tuning"] is not None:
+        _check_object(meta["tuning"], _TUNING_SCHEMA, f"{where} tuning")
+        _check_search_params(meta["tuning"]["params"], plan, f"{where} tuning params")
+    if meta["source"]:
+        _check_object(meta["source"], _SOURCE_SCHEMA, f"{where} source")
+    _check_object(meta["checksums"], _CHECKSUMS_SCHEMA, f"{where} checksums")
+    _check_strings(meta["ids"], n, "ids", where)
+    if meta["labels"] is not None:
+        _check_strings(meta["labels"], n, "labels", where)
+    if meta["row_positions"] is not None:
+        try:
+            positions = np.asarray(meta["row_positions"])
+        except (ValueError, OverflowError):
+            positions = np.zeros(0)
+        if (
+            positions.shape != (n,)
+            or positions.dtype.kind not in "iu"
+            or not np.array_equal(np.sort(positions), np.arange(n))
+        ):
+            raise IndexFileError(
+                f"{where}: row_positions must be a permutation of 0..{n - 1}, one per id"
+            )
+
+
+def _strict_json(text: str) -> Any:
+    """JSON that refuses repeated keys, NaN and infinities (which Python's json accepts)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        value = dict(items)
+        if len(value) != len(items):
+            seen = [key for key, _ in items]
+            repeated = next(key for key in seen if seen.count(key) > 1)
+            raise ValueError(f"key {repeated!r} appears twice")
+        return value
+
+    def finite(literal: str) -> float:
+        value = float(literal)
+        if not math.isfinite(value):
+            raise ValueError(f"number {literal} is not finite")
+        return value
+
+    def refuse(literal: str) -> None:
+        raise ValueError(f"{literal} is not a JSON number")
+
+    return json.loads(text, object_pairs_hook=pairs, parse_float=finite, parse_constant=refuse)
+
+
+def read_sidecar(path: str | os.PathLike, *, verify_file: bool = True) -> dict[str, Any]:
+    """The validated sidecar of the index file ``path``.
+
+    Refused with :class:`IndexFileError` (one line): a sidecar that is not JSON, breaks the
+    schema (a missing or unknown key, a value of the wrong type, ids that are not unique,
+    row positions that are not a permutation, search parameters the family does not take),
+    whose ids or content no longer match their checksums, or whose index file has another
+    size or (with ``verify_file``) another checksum.
+    """
     path = Path(path)
     sidecar_path = sidecar_path_of(path)
     if not path.is_file():
@@ -1004,24 +1331,117 @@ def load_index(path: str | os.PathLike, *, mmap: bool = False, device: str = "cp
             f"{sidecar_path.name} is missing beside {path}: the index was not written by "
             "beatmap_fid or its sidecar was moved; rebuild it with `beatmap-fid index`"
         )
+    where = str(sidecar_path)
     try:
-        meta = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise IndexFileError(f"sidecar {sidecar_path} is unreadable: {error}") from error
+        data = sidecar_path.read_bytes()
+        meta = _strict_json(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise IndexFileError(f"sidecar {where} is unreadable: {error}") from error
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise IndexFileError(f"{sidecar_path} is not a beatmap_fid index sidecar")
-    if meta.get("format_version", 0) > SIDECAR_VERSION:
+        raise IndexFileError(f"{where} is not a beatmap_fid index sidecar")
+    version = meta.get("format_version")
+    if type(version) is int and version < SIDECAR_VERSION:
         raise IndexFileError(
-            f"{sidecar_path} has sidecar format {meta['format_version']}; this beatmap_fid "
-            f"reads up to {SIDECAR_VERSION}: upgrade beatmap_fid"
+            f"{where} has sidecar format {version}, written without checksums; rebuild the "
+            "index with `beatmap-fid index`"
+        )
+    if type(version) is int and version > SIDECAR_VERSION:
+        raise IndexFileError(
+            f"{where} has sidecar format {version}; this beatmap_fid reads up to "
+            f"{SIDECAR_VERSION}: upgrade beatmap_fid"
+        )
+    _check_sidecar(meta, where)
+    checksums = meta["checksums"]
+    if _sidecar_digest(data, checksums["sidecar"]) != checksums["sidecar"]:
+        # The ids checksum is only needed to say what changed: the sidecar's own covers them.
+        if ids_checksum(meta["ids"]) != checksums["ids"]:
+            raise IndexFileError(
+                f"{where}: the ids do not match their checksum (edited, reordered or damaged); "
+                "rebuild the index"
+            )
+        raise IndexFileError(
+            f"{where} does not match its checksum: it was edited or damaged after it was "
+            "written; rebuild the index"
         )
     size = path.stat().st_size
-    if size != meta.get("index_bytes"):
+    if size != meta["index_bytes"]:
         raise IndexFileError(
-            f"{path} has {size} bytes, its sidecar says {meta.get('index_bytes')}: the file is "
+            f"{path} has {size} bytes, its sidecar says {meta['index_bytes']}: the file is "
             "truncated or was overwritten; rebuild the index"
         )
-    written_by = meta.get("faiss_version")
+    if verify_file and file_checksum(path) != checksums["index_file"]:
+        raise IndexFileError(
+            f"{path} does not match the checksum in its sidecar: it is damaged or is another "
+            "index file; rebuild the index"
+        )
+    return meta
+
+
+def _family_of(index: Any) -> str:
+    """The family of a FAISS index as :func:`choose_index` names them."""
+    import faiss
+
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(index, faiss.IndexFlat):
+        return "flat"
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:
+        return type(index).__name__
+    return "ivf-flat" if isinstance(ivf, faiss.IndexIVFFlat) else "ivf-pq"
+
+
+def _check_index_matches(index: Any, meta: dict[str, Any], path: Path) -> None:
+    """Refuse an index file whose shape, metric or family differs from its sidecar's."""
+    import faiss
+
+    plan = meta["plan"]
+    metric = faiss.METRIC_L2 if meta["metric"] == "l2" else faiss.METRIC_INNER_PRODUCT
+    metric_names = {faiss.METRIC_L2: "l2", faiss.METRIC_INNER_PRODUCT: "inner product"}
+    file_metric = metric_names.get(index.metric_type, f"metric {index.metric_type}")
+    found = _family_of(index)
+    nlist = faiss.extract_index_ivf(index).nlist if found.startswith("ivf") else None
+    differences = [
+        f"{what} {theirs} in the file, {ours} in the sidecar"
+        for what, theirs, ours, same in (
+            ("vectors:", index.ntotal, meta["ntotal"], index.ntotal == meta["ntotal"]),
+            ("dimension", index.d, meta["dim"], index.d == meta["dim"]),
+            ("metric", file_metric, meta["metric"], index.metric_type == metric),
+            ("family", found, plan["family"], found == plan["family"]),
+            ("nlist", nlist, plan["nlist"], nlist is None or nlist == plan["nlist"]),
+        )
+        if not same
+    ]
+    if differences:
+        raise IndexFileError(
+            f"{path} and its sidecar do not belong together: {'; '.join(differences)}"
+        )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_index(
+    path: str | os.PathLike, *, mmap: bool = False, device: str = "cpu", verify_file: bool = True
+) -> VectorIndex:
+    """Read an index written by :meth:`VectorIndex.save`.
+
+    The sidecar is validated against its schema and its checksums, and the index file against
+    the sidecar's size and checksum (:func:`read_sidecar`); anything that does not match is
+    refused with :class:`IndexFileError`. ``verify_file=False`` skips hashing the index file
+    (one read of it; figures in ``benchmarks/RESULTS.md``) for a file known to be intact; its
+    size is still checked.
+
+    ``mmap=True`` maps the inverted lists of IVF indexes instead of reading them into memory,
+    for indexes larger than RAM (FAISS 1.15 still reads a flat index whole); such an index
+    stays on the CPU.
+    """
+    import faiss
+
+    path = Path(path)
+    meta = read_sidecar(path, verify_file=verify_file)
+    written_by = meta["faiss_version"]
     try:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         index = faiss.read_index(str(path), flags)
@@ -1040,29 +1460,24 @@ def load_index(path: str | os.PathLike, *, mmap: bool = False, device: str = "cp
             f"{path} was written by FAISS {written_by}, read by FAISS {faiss.__version__}",
             stacklevel=2,
         )
-    ids = np.asarray(meta["ids"]).astype(str)
-    if index.ntotal != len(ids) or index.d != meta["dim"]:
-        raise IndexFileError(
-            f"{path} holds {index.ntotal} vectors of dimension {index.d}, its sidecar "
-            f"{len(ids)} ids of dimension {meta['dim']}: they do not belong together"
-        )
+    _check_index_matches(index, meta, path)
     plan = IndexPlan(**meta["plan"])
-    tuning = TuningReport(**meta["tuning"]) if meta.get("tuning") else None
+    tuning = TuningReport(**meta["tuning"]) if meta["tuning"] else None
     on_gpu = False
     if not mmap and _wants_gpu(device, plan.family):
         index, on_gpu = _to_gpu(index)
-    row_positions = meta.get("row_positions")
+    ids = np.asarray(meta["ids"]).astype(str)
+    row_positions = meta["row_positions"]
     vindex = VectorIndex(
         index=index,
         plan=plan,
         metric=meta["metric"],
         ids=ids,
-        labels=None if meta.get("labels") is None else np.asarray(meta["labels"]).astype(str),
+        labels=None if meta["labels"] is None else np.asarray(meta["labels"]).astype(str),
         row_positions=np.arange(len(ids)) if row_positions is None else np.asarray(row_positions),
         tuning=tuning,
-        provenance=meta.get("source") or {},
+        provenance=meta["source"],
         on_gpu=on_gpu,
     )
-    for name, value in (meta.get("search_params") or {}).items():
-        vindex.set_search_params(**{name: value})
+    vindex.set_search_params(**meta["search_params"])
     return vindex

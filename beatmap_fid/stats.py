@@ -13,13 +13,16 @@ vectors, and partial results from shards or processes merge exactly.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import linalg
 from scipy.linalg import blas
 
 from beatmap_fid.errors import (
@@ -34,12 +37,29 @@ from beatmap_fid.errors import (
 _CHUNK_BYTES = 32 * 2**20
 
 
+COVARIANCE_TOLERANCE = 1e-6
+"""How far a covariance may be from symmetric positive semi-definite, relative to its scale.
+
+Symmetry: ``|sigma − sigmaᵀ|`` at most this times its largest entry. Semi-definiteness: no
+eigenvalue below minus this times ``‖sigma‖_F`` (the Frobenius norm, which bounds the largest
+eigenvalue). Storing a covariance in float32 rounds each entry by at most 2⁻²⁴ ≈ 6e-8 of it,
+which keeps it symmetric and moves its eigenvalues by at most 6e-8·‖sigma‖_F (Weyl), so the
+tolerance is 16 times what float32 files need; covariances accumulated in float64 are off by
+about 1e-16. A matrix beyond it is not a covariance, and would give a wrong distance.
+"""
+
+
 @dataclass(eq=False)
 class GaussianStats:
     """Mean ``mu`` (d,) and covariance ``sigma`` (d, d) of a set of vectors, both float64.
 
-    ``n`` is the number of vectors they were computed from, or None when unknown (statistics
-    files written by pytorch-fid or clean-fid do not record it).
+    ``n`` is the number of vectors they were computed from (at least 2), or None when unknown
+    (statistics files written by pytorch-fid or clean-fid do not record it).
+
+    Checked on construction: real finite numbers, matching shapes, ``n`` a whole number >= 2,
+    ``sigma`` symmetric with a non-negative diagonal (to :data:`COVARIANCE_TOLERANCE`).
+    :meth:`load` also checks that ``sigma`` is positive semi-definite (a Cholesky
+    factorisation; :func:`check_positive_semidefinite` does it for statistics built in memory).
     """
 
     mu: np.ndarray
@@ -47,8 +67,8 @@ class GaussianStats:
     n: int | None = None
 
     def __post_init__(self) -> None:
-        self.mu = np.asarray(self.mu, dtype=np.float64)
-        self.sigma = np.asarray(self.sigma, dtype=np.float64)
+        self.mu = _real_array(self.mu, "mu")
+        self.sigma = _real_array(self.sigma, "sigma")
         if self.mu.ndim != 1 or self.mu.shape[0] == 0:
             raise InputError(f"mu must be a non-empty vector (d,), got shape {self.mu.shape}")
         d = self.mu.shape[0]
@@ -59,9 +79,8 @@ class GaussianStats:
         if not (np.isfinite(self.mu).all() and np.isfinite(self.sigma).all()):
             raise NonFiniteError("mu or sigma contains NaN or infinite values")
         if self.n is not None:
-            self.n = int(self.n)
-            if self.n < 0:
-                raise InputError(f"n must be a count of vectors (>= 0) or None, got {self.n}")
+            self.n = _sample_count(self.n)
+        _check_symmetric(self.sigma)
 
     @property
     def dim(self) -> int:
@@ -88,29 +107,136 @@ class GaussianStats:
     def load(cls, path: str | os.PathLike) -> GaussianStats:
         """Read an ``.npz`` file written by :meth:`save`, pytorch-fid or clean-fid.
 
-        Raises StoreError when the file is missing, unreadable or lacks ``mu``/``sigma``, and
-        the InputError subclasses of the constructor when the arrays have the wrong shape or
-        are not finite.
+        Raises StoreError when the file is missing, not an ``.npz`` archive, or lacks
+        ``mu``/``sigma``; InputError (or its subclasses NonFiniteError,
+        InsufficientSamplesError) when an array has the wrong type or shape, ``n`` is not a
+        whole number >= 2, or ``sigma`` is not a symmetric positive semi-definite matrix.
+        Array headers are checked before any array is read, so a file cannot make the reader
+        allocate more than it holds.
         """
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"statistics file {path} does not exist")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                missing = [key for key in ("mu", "sigma") if key not in data.files]
+            with zipfile.ZipFile(path) as archive:
+                members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+                missing = [key for key in ("mu", "sigma") if key not in members]
                 if missing:
                     raise StoreError(
                         f"{path} is not a statistics file: it lacks {', '.join(missing)} "
-                        f"(found keys: {', '.join(data.files) or 'none'})"
+                        f"(found keys: {', '.join(sorted(members)) or 'none'})"
                     )
-                mu, sigma = data["mu"], data["sigma"]
-                n = int(data["n"]) if "n" in data.files else None
-        except (OSError, ValueError, zipfile.BadZipFile) as err:
-            raise StoreError(f"cannot read statistics file {path}: {err}") from err
-        try:
-            return cls(mu=mu, sigma=sigma, n=n)
+                mu = _read_member(archive, members["mu"], "mu", None)
+                n = None
+                if "n" in members:
+                    n = _read_member(archive, members["n"], "n", ())
+                d = mu.shape[0] if mu.ndim == 1 else 0
+                sigma = _read_member(archive, members["sigma"], "sigma", (d, d))
+            stats = cls(mu=mu, sigma=sigma, n=None if n is None else n[()])
+            check_positive_semidefinite(stats.sigma)
         except InputError as err:
             raise type(err)(f"{path}: {err}") from err
+        except (OSError, EOFError, ValueError, RuntimeError, zlib.error, zipfile.BadZipFile) as err:
+            raise StoreError(f"cannot read statistics file {path}: {err}") from err
+        return stats
+
+
+def _real_array(value: object, name: str) -> np.ndarray:
+    """``value`` as a float64 array; complex numbers, text and objects are refused."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} is not an array of numbers: {err}") from err
+    if array.dtype.kind == "c":
+        raise InputError(f"{name} is complex ({array.dtype}): statistics must be real")
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array.astype(np.float64, copy=False)
+
+
+def _sample_count(n: object) -> int:
+    """``n`` as an int: a whole number (Python or NumPy integer, or a 0-d integer array) >= 2."""
+    array = np.asarray(n)
+    if array.shape != () or array.dtype.kind not in "iu":
+        raise InputError(f"n must be a whole number of vectors, got {n!r} ({array.dtype})")
+    count = int(array)
+    if count < 2:
+        raise InsufficientSamplesError(
+            f"n = {count}: statistics need at least 2 vectors (a covariance of fewer is undefined)"
+        )
+    return count
+
+
+def _check_symmetric(sigma: np.ndarray) -> None:
+    """Refuse a ``sigma`` that is not symmetric or has a negative variance (cheap, O(d²))."""
+    scale = float(np.abs(sigma).max())
+    if scale == 0.0:
+        return
+    asymmetry = float(np.abs(sigma - sigma.T).max())
+    if asymmetry > COVARIANCE_TOLERANCE * scale:
+        raise InputError(
+            f"sigma is not symmetric: sigma - sigma.T reaches {asymmetry:.3g}, above "
+            f"{COVARIANCE_TOLERANCE:g} of its largest entry {scale:.3g}; it is not a covariance"
+        )
+    variances = np.diagonal(sigma)
+    lowest = int(np.argmin(variances))
+    if variances[lowest] < -COVARIANCE_TOLERANCE * scale:
+        raise InputError(
+            f"sigma has a negative variance ({variances[lowest]:.3g} at index {lowest}); it is "
+            "not a covariance"
+        )
+
+
+def check_positive_semidefinite(sigma: np.ndarray) -> None:
+    """Refuse a symmetric ``sigma`` with an eigenvalue below ``−tol·‖sigma‖_F``.
+
+    ``tol`` is :data:`COVARIANCE_TOLERANCE`. One Cholesky factorisation of
+    ``sigma + tol·‖sigma‖_F·I``, which exists exactly when every eigenvalue of ``sigma`` is
+    above ``−tol·‖sigma‖_F`` (a third of the cost of computing the eigenvalues).
+    """
+    scale = float(np.linalg.norm(sigma))
+    if scale == 0.0:
+        return
+    shifted = np.array(sigma, dtype=np.float64, order="F")
+    shifted.flat[:: shifted.shape[0] + 1] += COVARIANCE_TOLERANCE * scale
+    try:
+        linalg.cholesky(shifted, lower=True, overwrite_a=True, check_finite=False)
+    except linalg.LinAlgError:
+        raise InputError(
+            f"sigma is not positive semi-definite (an eigenvalue is below "
+            f"-{COVARIANCE_TOLERANCE:g} x its norm {scale:.3g}); it is not a covariance"
+        ) from None
+
+
+def _read_member(
+    archive: zipfile.ZipFile, member: str, name: str, shape: tuple[int, ...] | None
+) -> np.ndarray:
+    """One array of an ``.npz`` archive, its header checked before its data is read.
+
+    ``shape``: the shape it must have (None: any 1-D shape).
+    """
+    with archive.open(member) as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            found, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            found, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise InputError(f"{name} is stored in .npy format {version}, not 1.0 or 2.0")
+    if dtype.kind == "c":
+        raise InputError(f"{name} is complex ({dtype}): statistics must be real")
+    if name == "n" and dtype.kind not in "iu":
+        raise InputError(f"n must be a whole number, got dtype {dtype}")
+    if dtype.kind not in "iuf":
+        raise InputError(f"{name} must hold real numbers, got dtype {dtype}")
+    if (shape is None and len(found) != 1) or (shape is not None and found != shape):
+        expected = "(d,)" if shape is None else str(shape)
+        raise InputError(f"{name} must have shape {expected}, got {found}")
+    declared = dtype.itemsize * math.prod(found)
+    if declared > archive.getinfo(member).file_size:
+        raise InputError(f"{name} declares {declared} bytes, more than its archive member holds")
+    with archive.open(member) as handle:
+        return np.lib.format.read_array(handle, allow_pickle=False)
 
 
 class RunningGaussian:
@@ -206,7 +332,7 @@ class RunningGaussian:
                     "(files from pytorch-fid/clean-fid do not record it)"
                 )
             count, mean, dim = other.n, other.mu, other.dim
-            scatter = np.triu(other.sigma) * (count - 1) if count > 1 else None
+            scatter = np.triu(other.sigma) * (count - 1)
         elif isinstance(other, RunningGaussian):
             if other.n == 0:
                 return self

@@ -146,10 +146,23 @@ def column_checksum(
 
 
 def header_checksum(
-    format_version: int, extractor: str, config: str, config_hash: str, dim: int
+    format_version: int,
+    extractor: str,
+    config: str,
+    config_hash: str,
+    dim: int,
+    options: str | None = None,
 ) -> str:
-    """Checksum of the attributes that say what a store holds (stored as ``header_checksum``)."""
-    text = json.dumps([int(format_version), extractor, config, config_hash, int(dim)])
+    """Checksum of the attributes that say what a store holds (stored as ``header_checksum``).
+
+    ``options`` (the ``options`` attribute's JSON) joins the list only when the store has it,
+    so stores written without options keep their checksum and removing or adding the
+    attribute is detected.
+    """
+    fields: list[Any] = [int(format_version), extractor, config, config_hash, int(dim)]
+    if options is not None:
+        fields.append(options)
+    text = json.dumps(fields)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
@@ -460,6 +473,7 @@ def _store_layout(file: h5py.File, path: Path) -> _Layout:
             _text_attribute(file, "config"),
             _text_attribute(file, "config_hash"),
             dim,
+            _text_attribute(file, "options") if "options" in file.attrs else None,
         )
         if _text_attribute(file, "header_checksum") != expected:
             raise _damaged(
@@ -632,6 +646,20 @@ class EmbeddingStore:
     def config(self) -> dict[str, Any]:
         """The extractor configuration the vectors were made with (a fresh copy)."""
         return json.loads(self._config_json)
+
+    @property
+    def options(self) -> dict[str, Any] | None:
+        """The options the extractor was built with (``build_extractor(name, **options)``
+        rebuilds it), or None when the store does not record them."""
+        if "options" not in self._file.attrs:
+            return None
+        try:
+            options = json.loads(_text_attribute(self._file, "options"))
+        except json.JSONDecodeError:
+            options = None
+        if not isinstance(options, dict):
+            raise StoreError(f"{self.path} is malformed: its options are not a JSON object")
+        return options
 
     def __len__(self) -> int:
         return self._n_rows
@@ -951,15 +979,28 @@ class StoreWriter:
 
     Before each batch the writer checks that the disk has room for it; a full disk raises
     :class:`~beatmap_fid.errors.StoreFullError` and leaves every committed row in place.
+
+    ``options``: the options the extractor was built with, recorded when the store is created
+    (:attr:`EmbeddingStore.options`) so that search by file can rebuild the same extractor.
     """
 
-    def __init__(self, path: str | Path, extractor: str, config: dict[str, Any], dim: int) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        extractor: str,
+        config: dict[str, Any],
+        dim: int,
+        *,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         if not isinstance(extractor, str) or not extractor:
             raise InputError(f"extractor must be a non-empty name, got {extractor!r}")
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
             raise InputError(f"dim must be a positive int, got {dim!r}")
         if not isinstance(config, dict):
             raise InputError(f"config must be a dict, got {type(config).__name__}")
+        if options is not None and not isinstance(options, dict):
+            raise InputError(f"options must be a dict or None, got {type(options).__name__}")
         # Imported here: importing the extractors package loads every extractor module,
         # which readers of a store never need.
         from beatmap_fid.extractors.base import config_hash
@@ -974,7 +1015,7 @@ class StoreWriter:
         self._lock = _WriterLock(self.path)
         try:
             if not self.path.exists():
-                self._create(config)
+                self._create(config, options)
             self._file = self._open()
             # Held open while writing: HDF5 flushes a dataset's cached chunks when the dataset
             # is closed, where a failed write could not be reported.
@@ -991,7 +1032,7 @@ class StoreWriter:
             self._lock.release()
             raise
 
-    def _create(self, config: dict[str, Any]) -> None:
+    def _create(self, config: dict[str, Any], options: dict[str, Any] | None) -> None:
         """Write an empty store under a temporary name, then rename it into place."""
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
@@ -1002,12 +1043,16 @@ class StoreWriter:
                 file.attrs["config_hash"] = self.config_hash
                 file.attrs["library_version"] = __version__
                 file.attrs["dim"] = self.dim
+                options_json = None if options is None else canonical_config_json(options)
+                if options_json is not None:
+                    file.attrs["options"] = options_json
                 file.attrs["header_checksum"] = header_checksum(
                     FORMAT_VERSION,
                     self.extractor,
                     canonical_config_json(config),
                     self.config_hash,
                     self.dim,
+                    options_json,
                 )
                 file.create_dataset(
                     "vectors",
@@ -1382,7 +1427,9 @@ def _rewrite(path: Path, drop: np.ndarray) -> None:
         with EmbeddingStore(path, _lock_held=True) as store:
             keep = np.ones(len(store), dtype=bool)
             keep[drop] = False
-            with StoreWriter(temporary, store.extractor, store.config, store.dim) as writer:
+            with StoreWriter(
+                temporary, store.extractor, store.config, store.dim, options=store.options
+            ) as writer:
                 _copy_rows(store, writer, keep)
         os.replace(temporary, path)
     finally:
@@ -1531,6 +1578,7 @@ def check_store(path: str | Path, *, repair: bool = False) -> StoreCheck:
             intact, problems, n_batches, examined_rows = _intact_batches(file, path)
             extractor = _text_attribute(file, "extractor")
             config = json.loads(_text_attribute(file, "config"))
+            options = _repairable_options(file)
             dim = int(file.attrs["dim"])
         n_rows = sum(len(batch[1]) for batch in intact)
         result = StoreCheck(path, n_rows, n_batches, problems)
@@ -1539,7 +1587,7 @@ def check_store(path: str | Path, *, repair: bool = False) -> StoreCheck:
         temporary = path.with_name(f".{path.name}.{os.getpid()}.repair.h5")
         temporary.unlink(missing_ok=True)
         try:
-            with StoreWriter(temporary, extractor, config, dim) as writer:
+            with StoreWriter(temporary, extractor, config, dim, options=options) as writer:
                 for vectors, ids, labels, prints, counts, sources, keys in intact:
                     writer.append(
                         ids,
@@ -1557,6 +1605,18 @@ def check_store(path: str | Path, *, repair: bool = False) -> StoreCheck:
         result.dropped_batches = n_batches - len(intact)
         result.dropped_rows = examined_rows - n_rows
         return result
+
+
+def _repairable_options(file: h5py.File) -> dict[str, Any] | None:
+    """The store's extractor options for a repaired copy; None when absent or unreadable
+    (a repaired store then still serves every read, only search by file needs them)."""
+    if "options" not in file.attrs:
+        return None
+    try:
+        options = json.loads(_text_attribute(file, "options"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return options if isinstance(options, dict) else None
 
 
 def merge_stores(
@@ -1590,7 +1650,9 @@ def merge_stores(
                     f"(dimension {first.dim})"
                 )
         total = sum(len(store) for store in stores)
-        writer = stack.enter_context(StoreWriter(output, first.extractor, first.config, first.dim))
+        writer = stack.enter_context(
+            StoreWriter(output, first.extractor, first.config, first.dim, options=first.options)
+        )
         bar = stack.enter_context(
             tqdm(total=total, desc=f"merging into {output.name}", unit="row", disable=not progress)
         )

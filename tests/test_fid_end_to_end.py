@@ -83,6 +83,23 @@ def test_empty_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert "at least 2 are needed" in err and "broken.osu" in err
 
 
+def test_too_few_samples_is_one_line_however_many_were_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for index in range(25):
+        (folder / f"broken{index:02d}.osu").write_text("not a beatmap", encoding="utf-8")
+    (folder / "empty.osu").write_bytes(b"")
+    args = ["fid", str(EXAMPLES / "real"), str(folder), "--quiet"]
+    code = main([*args, "--store-dir", str(tmp_path / "stores")])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("beatmap-fid fid: error: ") and "\n" not in err
+    assert "0 usable item(s)" in err and "26 skipped (25 not a beatmap, 1 empty)" in err
+    assert "first: broken00.osu" in err
+
+
 def test_cli_fid_json_on_bundled_examples(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(
         [

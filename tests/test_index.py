@@ -21,12 +21,23 @@ from beatmap_fid.index import (
     FAMILIES,
     build_index,
     choose_index,
+    file_checksum,
+    ids_checksum,
     load_index,
     parse_memory_size,
     recall_at_k,
+    sealed_sidecar,
     sidecar_path_of,
 )
 from beatmap_fid.store import StoreWriter
+
+
+def reseal(sidecar, meta: dict) -> None:
+    """Write ``meta`` with checksums of its ids and content recomputed (as a tool editing a
+    sidecar on purpose would), so that the schema, not the checksum, has to catch what is
+    wrong."""
+    meta["checksums"]["ids"] = ids_checksum(meta["ids"])
+    sidecar.write_bytes(sealed_sidecar(meta))
 
 
 def clustered(n: int, dim: int, *, clusters: int = 40, seed: int = 0) -> np.ndarray:
@@ -274,15 +285,22 @@ def test_damaged_index_files_give_clear_errors(tmp_path):
     with pytest.raises(IndexFileError, match="truncated"):
         load_index(path)
 
-    path.write_bytes(b"\0" * len(content))  # same size, unreadable, from a "newer" FAISS
+    path.write_bytes(b"\0" * len(content))  # same size: the checksum tells them apart
+    with pytest.raises(IndexFileError, match="does not match the checksum"):
+        load_index(path)
+
+    # A file written by a "newer" FAISS that this FAISS cannot read, checksums intact.
     sidecar = sidecar_path_of(path)
     meta = json.loads(sidecar.read_text())
     meta["faiss_version"] = "99.0.0"
-    sidecar.write_text(json.dumps(meta))
+    meta["checksums"]["index_file"] = file_checksum(path)
+    reseal(sidecar, meta)
     with pytest.raises(IndexFileError, match=r"99\.0\.0"):
         load_index(path)
 
     path.write_bytes(content)  # readable again, the version note only warns
+    meta["checksums"]["index_file"] = file_checksum(path)
+    reseal(sidecar, meta)
     with pytest.warns(UserWarning, match=r"99\.0\.0"):
         assert len(load_index(path)) == 3000
 

@@ -12,6 +12,7 @@ import soundfile
 
 from beatmap_fid.beatmap.audio import audio_num_samples, load_audio, resampled_length
 from beatmap_fid.beatmap.reading import (
+    decode_osu_bytes,
     find_beatmaps,
     iter_beatmap_files,
     missing_audio_reason,
@@ -144,13 +145,15 @@ def test_legacy_encoding_is_decoded_and_noted(tmp_path: Path, map_text: str) -> 
 
 
 def test_a_byte_order_mark_before_legacy_bytes_is_dropped(tmp_path: Path, map_text: str) -> None:
-    """A UTF-8 byte order mark, then text with one byte that is not UTF-8: the map reads as
-    cp1252 without the mark (which cp1252 would keep as ``ï»¿`` and the parser refuse)."""
-    text = map_text.replace("Title:Synthetic flow 7", "Title:Caf\u00e9")
+    """A UTF-8 byte order mark followed by one byte that is not UTF-8 (an editor that added a
+    BOM to a cp1252 file): the legacy decoding must not keep the mark as 'ï»¿'."""
+    text = map_text.replace("Title:Synthetic flow 7", "Title:Café")
     (tmp_path / "mixed.osu").write_bytes(b"\xef\xbb\xbf" + text.encode("cp1252"))
+    decoded, note = decode_osu_bytes((tmp_path / "mixed.osu").read_bytes())
+    assert decoded.startswith("osu file format") and "cp1252" in note
     mixed = read_beatmap_file(tmp_path / "mixed.osu")
     assert mixed.beatmap.title == "Café"
-    assert mixed.notes[0] == "decoded as cp1252 (the file is not valid UTF-8)"
+    assert any("cp1252" in note for note in mixed.notes)
 
 
 def test_unsupported_mode_is_refused_unless_allowed(map_text: str) -> None:

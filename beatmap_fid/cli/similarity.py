@@ -122,9 +122,15 @@ def _run_search(args: argparse.Namespace) -> int:
     from beatmap_fid.errors import SkipLog
     from beatmap_fid.index import load_index
 
-    vindex = load_index(args.index, mmap=args.mmap)
+    vindex = load_index(args.index, mmap=args.mmap, verify_file=not args.no_verify_file)
     skipped = SkipLog()
-    found = vindex.search(args.queries, args.k, exclude_self=not args.include_self, skipped=skipped)
+    found = vindex.search(
+        args.queries,
+        args.k,
+        exclude_self=not args.include_self,
+        skipped=skipped,
+        extractor_options=extractor_options_from(args.option),
+    )
     result = found.to_dict()
     result["index"] = args.index
     result["skipped"] = [{"source": s.source, "reason": s.reason} for s in skipped.entries]
@@ -290,13 +296,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search",
         help="nearest indexed items of ids or files",
         description="Search an index for the nearest items of each query: an id held by the "
-        "index (the item itself is left out) or a file, embedded with the index's extractor "
-        "config. k larger than the index is clipped with a warning.",
+        "index (the item itself is left out) or a file, embedded with the extractor of the "
+        "index's store, rebuilt with the options the store recorded. The sidecar and the index "
+        "file are checked against their checksums first. k larger than the index is clipped "
+        "with a warning.",
     )
     search.add_argument("index", help="index file written by `beatmap-fid index`")
     search.add_argument("queries", nargs="+", metavar="QUERY", help="id in the index, or a file")
     search.add_argument("-k", type=int, default=10, help="neighbours per query (10)")
     search.add_argument("--mmap", action="store_true", help="memory-map the index file")
+    search.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="extractor option for file queries, added to those the store recorded "
+        "(e.g. --option device=cpu)",
+    )
+    search.add_argument(
+        "--no-verify-file",
+        action="store_true",
+        help="skip the checksum of the index file (one read of it), for a file known intact",
+    )
     search.add_argument(
         "--include-self", action="store_true", help="keep an id query's own item in its results"
     )

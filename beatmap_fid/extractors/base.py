@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +193,26 @@ def extractor_infos() -> list[ExtractorInfo]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
+def recordable_options(options: dict[str, Any]) -> dict[str, Any] | None:
+    """``options`` as plain JSON values (paths as text), or None when one has no JSON form."""
+
+    def as_text(value: Any) -> str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError(f"{type(value).__name__} has no JSON form")
+
+    try:
+        return json.loads(json.dumps(options, default=as_text, allow_nan=False))
+    except (TypeError, ValueError):
+        return None
+
+
 def build_extractor(name: str, **options: Any) -> Extractor:
-    """Build the extractor registered as ``name`` with the given options."""
+    """Build the extractor registered as ``name`` with the given options.
+
+    The extractor keeps them as ``build_options`` (JSON values, or None when one has no JSON
+    form), which stores record so that the same extractor can be rebuilt from a store.
+    """
     _load_builtin_extractors()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none"
@@ -208,4 +227,9 @@ def build_extractor(name: str, **options: Any) -> Extractor:
                 f"extractor {name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"its options: {accepted}"
             )
-    return factory(**options)
+    extractor = factory(**options)
+    try:
+        extractor.build_options = recordable_options(options)
+    except AttributeError:  # an object that takes no new attributes: nothing recorded
+        pass
+    return extractor
