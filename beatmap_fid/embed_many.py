@@ -35,7 +35,7 @@ def embed_many(
     *,
     store_dir: str | Path | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> list[EmbedResult]:
     """Embed ``source`` into each extractor's cache store (as :func:`beatmap_fid.api.embed_cached`
     does), reading each map once; one result per extractor."""
@@ -97,7 +97,7 @@ def _side(source: Path, extractor: Extractor, result: EmbedResult) -> Any:
     if result.n_items < 2:
         raise InsufficientSamplesError(
             f"{source} with {extractor.name!r}: {result.n_items} usable item(s) from "
-            f"{result.n_sources} file(s); at least 2 are needed. {result.skipped.summary()}"
+            f"{result.n_sources} file(s); at least 2 are needed. {result.skipped.brief()}"
         )
     summary = SideSummary(
         str(source),
@@ -125,7 +125,7 @@ def sides_for_extractors(
     *,
     store_dir: str | Path | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> list[tuple[Any, Any]]:
     """``(real, generated)`` loaded sides for each extractor. Folders of beatmaps are read
     once for all extractors (:func:`embed_many`); other sides go through

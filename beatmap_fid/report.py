@@ -267,7 +267,7 @@ def build_report(
     curve_seeds: int = 3,
     seed: int = 0,
     title: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
     extractor_options: dict[str, Any] | None = None,
     **options: dict[str, Any],
 ) -> ReportResult:

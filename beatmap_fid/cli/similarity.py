@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from beatmap_fid.cli.core import add_extractor_arguments, extractor_options_from
+from beatmap_fid.cli.core import add_extractor_arguments, extractor_options
 from beatmap_fid.cli.output import add_json_flag, emit
 from beatmap_fid.errors import InputError
+
+VERBS = ("index", "search", "knn", "nearest")
 
 _ID_HEADERS = ("id", "ids", "item", "item_id")
 
@@ -138,7 +140,7 @@ def _run_search(args: argparse.Namespace) -> int:
                 f"  {rank:>3}. {neighbour['id']}  {closeness} {neighbour['distance']:.4g}{label}"
             )
     if skipped:
-        lines.append(skipped.summary())
+        lines.append(skipped.summary(verbose=args.verbose))
     emit(args, result, "\n".join(lines))
     return 0
 
@@ -224,7 +226,7 @@ def _run_nearest(args: argparse.Namespace) -> int:
         store_dir=args.store_dir,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        extractor_options=extractor_options_from(args.option),
+        extractor_options=extractor_options(args),
     )
     inputs = {}
     for name, side in (("generated", gen_side), ("real", real_side)):
@@ -255,7 +257,7 @@ def _run_nearest(args: argparse.Namespace) -> int:
             {"source": s.source, "reason": s.reason} for s in side.summary.skipped.entries
         ]
         if side.summary.skipped:
-            text += f"\n{name}: {side.summary.skipped.summary()}"
+            text += f"\n{name}: {side.summary.skipped.summary(verbose=args.verbose)}"
     emit(args, result, text)
     return 0
 
@@ -298,6 +300,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument(
         "--include-self", action="store_true", help="keep an id query's own item in its results"
     )
+    search.add_argument("--verbose", action="store_true", help="list every skipped query file")
     add_json_flag(search)
     search.set_defaults(run=_run_search)
 

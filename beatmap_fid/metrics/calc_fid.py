@@ -276,9 +276,7 @@ def paired_metrics(
             )
         )
     if not results:
-        raise InputError(
-            f"none of the {len(pairing.pairs)} pairs could be read. {skipped.summary()}"
-        )
+        raise InputError(f"none of the {len(pairing.pairs)} pairs could be read. {skipped.brief()}")
     return PairedResult(results, pairing.unmatched_real, pairing.unmatched_generated, skipped)
 
 

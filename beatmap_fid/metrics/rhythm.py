@@ -478,9 +478,7 @@ def rhythm_metrics(
             )
         )
     if not results:
-        raise InputError(
-            f"none of the {len(pairing.pairs)} pairs could be read. {skipped.summary()}"
-        )
+        raise InputError(f"none of the {len(pairing.pairs)} pairs could be read. {skipped.brief()}")
     return RhythmResult(
         active=sum((p.active for p in results), OnsetCounts()),
         passive=sum((p.passive for p in results), OnsetCounts()),

@@ -88,7 +88,7 @@ def describe(
     skipped = SkipLog()
     items = extractor.beatmap_items(beatmap_file, skipped)
     if not items:
-        raise InputError(f"{path}: nothing to describe. {skipped.summary()}")
+        raise InputError(f"{path}: nothing to describe. {skipped.brief()}")
     windows = extractor.window_embeds([item.payload for item in items]).astype(np.float64)
     if extractor.audio:
         rate = extractor.checkpoint.windows.sampling_rate
