@@ -98,15 +98,30 @@ def is_beatmap_folder(source: Any) -> bool:
 def rhythm_applies(real: Any, generated: Any, mapping: Any = None) -> bool:
     """Whether both sides are beatmap folders with at least one pair of maps (named alike, or
     in ``mapping``): the condition for ``"rhythm"`` to join the default metrics."""
+    return rhythm_missing_reason(real, generated, mapping) is None
+
+
+def rhythm_missing_reason(real: Any, generated: Any, mapping: Any = None) -> str | None:
+    """Why the maps-against-maps metrics (``"rhythm"``, ``"paired"``) do not apply to these
+    sides, or None when they do."""
     from beatmap_fid.metrics.rhythm import pair_beatmaps
 
-    if not (is_beatmap_folder(real) and is_beatmap_folder(generated)):
-        return False
+    not_folders = [
+        name
+        for name, side in (("real", real), ("generated", generated))
+        if not is_beatmap_folder(side)
+    ]
+    if not_folders:
+        return (
+            f"the {' and '.join(not_folders)} side{'s are' if len(not_folders) > 1 else ' is'} "
+            "not a folder of .osu files; rhythm and calc_fid's pair metrics compare each "
+            "generated map with the real map of the same audio"
+        )
     try:
         pair_beatmaps(real, generated, mapping)
-    except InputError:
-        return False
-    return True
+    except InputError as err:
+        return f"the maps do not pair up: {err}"
+    return None
 
 
 def _is_path(source: Any) -> bool:

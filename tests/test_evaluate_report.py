@@ -7,8 +7,6 @@ import csv
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,6 @@ from beatmap_fid.metrics import METRICS
 from beatmap_fid.report import build_report, project_2d, real_gaussian_distances
 from beatmap_fid.stats import gaussian_stats
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 N_MAPS = 6
 ALL_METRICS = ["fid", "fid_ci", "fd_inf", "kid", "prdc", "cmmd", "rhythm"]
 
@@ -300,19 +296,6 @@ def test_score_refuses_another_extractor_configuration(sets, head_file):
     )
     with pytest.raises(InputError, match="--root"):
         args.run(args)
-
-
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs /usr/bin/chromium")
-def test_screenshot_script_renders_the_report(synthetic_report, tmp_path):
-    output = tmp_path / "shot.png"
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "examples" / "screenshot_report.py"),
-         str(synthetic_report), str(output), "--height", "1200"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    data = output.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
 
 
 def real_maps_and_disturbed_copies(shared_data: Path, root: Path, count: int, heavy: set[int]):

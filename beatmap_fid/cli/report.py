@@ -29,6 +29,14 @@ def _format(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def _grouped_notes(notes: dict[str, str]) -> dict[str, list[str]]:
+    """The sections left out, grouped by their (shared) reason."""
+    grouped: dict[str, list[str]] = {}
+    for name, note in notes.items():
+        grouped.setdefault(note, []).append(name)
+    return grouped
+
+
 def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
     metrics = data["metrics"]
     lines = [data["title"]]
@@ -82,8 +90,14 @@ def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
     by_mode = sorted(k for k in metrics if "@" in k and k.split("@")[0] in ("fid", "active_f1"))
     if by_mode:
         lines.append("per mode: " + ", ".join(f"{k} {_format(metrics[k])}" for k in by_mode))
-    for name, note in data["notes"].items():
-        lines.append(f"{name} not computed: {note}")
+    shares = data.get("feature_shares")
+    if shares:
+        top_features = ", ".join(
+            f"{row['feature']} {100 * row['share']:.0f}%" for row in shares["features"][:5]
+        )
+        lines.append(f"descriptor features making up the FID: {top_features}")
+    for note, names in _grouped_notes(data["notes"]).items():
+        lines.append(f"{', '.join(names)} not shown: {note}")
     lines += [f"warning: {text}" for text in data["warnings"]]
     maps = data["contributions"]["maps"][:top]
     if maps:
