@@ -68,6 +68,7 @@ EXTRA_OF_MODULE = {
     "huggingface_hub": "classifier",
     "matplotlib": "plot",
     "umap": "plot",
+    "torchmetrics": "torchmetrics",
 }
 
 
