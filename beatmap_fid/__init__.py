@@ -51,6 +51,7 @@ _EXPORTS = {
     "gaussian_stats": "beatmap_fid.stats",
     "EmbeddingStore": "beatmap_fid.store",
     "StoreWriter": "beatmap_fid.store",
+    "check_store": "beatmap_fid.store",
     "merge_stores": "beatmap_fid.store",
     "open_store": "beatmap_fid.store",
 }
@@ -74,6 +75,7 @@ __all__ = [
     "build_extractor",
     "build_index",
     "build_report",
+    "check_store",
     "compute_fid",
     "embed_to_store",
     "evaluate",
@@ -153,4 +155,10 @@ if TYPE_CHECKING:  # the names as static type checkers and IDEs should see them
     )
     from beatmap_fid.report import build_report
     from beatmap_fid.stats import GaussianStats, RunningGaussian, gaussian_stats
-    from beatmap_fid.store import EmbeddingStore, StoreWriter, merge_stores, open_store
+    from beatmap_fid.store import (
+        EmbeddingStore,
+        StoreWriter,
+        check_store,
+        merge_stores,
+        open_store,
+    )
