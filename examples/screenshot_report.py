@@ -34,6 +34,7 @@ CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
+    "--disable-dev-shm-usage",  # containers often give /dev/shm only 64 MiB
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",
