@@ -27,6 +27,7 @@ from beatmap_fid.errors import (
     ExtractorError,
     InputError,
     InsufficientSamplesError,
+    NonFiniteError,
     SkipLog,
     SourceError,
 )
@@ -44,9 +45,20 @@ from beatmap_fid.extractors.base import (
 from beatmap_fid.frechet import frechet_distance
 from beatmap_fid.metrics.fid_uncertainty import sample_warnings
 from beatmap_fid.stats import GaussianStats, RunningGaussian
-from beatmap_fid.store import EmbeddingStore, StoreWriter
+from beatmap_fid.store import EmbeddingStore, StoreWriter, open_store
 
 DEFAULT_EXTRACTOR = "descriptors"
+STORE_SUFFIXES = (".h5", ".hdf5")
+
+
+def is_store_path(source: Any) -> bool:
+    """Whether ``source`` names an embedding store (rather than a folder of sources or a
+    ``.npz``). Every verb and :func:`resolve_statistics` decide with this one function, and
+    open what it accepts with :func:`beatmap_fid.store.open_store`."""
+    if not isinstance(source, str | os.PathLike):
+        return False
+    path = Path(source)
+    return path.suffix.lower() in STORE_SUFFIXES and path.is_file()
 
 
 def default_store_dir() -> Path:
@@ -256,7 +268,7 @@ def embed_beatmaps(
     union = sorted({m for chosen in modes for m in chosen})
     pending: list[list[Item]] = [[] for _ in sessions]
     paths = find_beatmaps(source)
-    for path in tqdm(paths, desc=f"embedding {source.name}", unit="map", disable=not progress):
+    for path in tqdm(paths, desc=f"embedding {source.name}", unit="file", disable=not progress):
         file_id = source_id(path, source)
         try:
             keys = [session.source_key(map_source_files(path)) for session in sessions]
@@ -304,7 +316,7 @@ def embed_to_store(
     store_path: str | Path | None = None,
     *,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
     prune: bool = False,
     extractor_options: dict[str, Any] | None = None,
 ) -> EmbedResult:
@@ -316,6 +328,7 @@ def embed_to_store(
     and their old rows dropped; maps already complete are not even read again. With
     ``prune`` the store keeps only this source's rows (what a cache of one folder wants).
     Without ``store_path`` the store goes to the cache (:func:`store_path_for`), pruned.
+    ``progress`` shows a bar with the files done, their total and the time left.
     """
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, **(extractor_options or {}))
@@ -329,16 +342,59 @@ def embed_to_store(
     try:
         if hasattr(extractor, "beatmap_items"):
             embed_beatmaps(source, [session], batch_size=batch_size, progress=progress)
-        else:
-            items = session.new_items(extractor.items(source, skipped))
-            with tqdm(desc=f"embedding {source.name}", unit="item", disable=not progress) as bar:
+        elif getattr(extractor, "batches", None) is not None:
+            # Items are files (images): list them, then count batches of them as they embed.
+            items = list(session.new_items(extractor.items(source, skipped)))
+            with tqdm(
+                total=len(items), desc=f"embedding {source.name}", unit="file", disable=not progress
+            ) as bar:
                 for batch in extractor_batches(extractor, items, batch_size, skipped):
                     session.write(batch)
                     bar.update(len(batch))
+        else:
+            total = _count_sources(extractor, source) if progress else None
+            with tqdm(
+                total=total, desc=f"embedding {source.name}", unit="file", disable=not progress
+            ) as bar:
+                raw_items = _counting_sources(extractor.items(source, skipped), skipped, bar)
+                for batch in extractor_batches(
+                    extractor, session.new_items(raw_items), batch_size, skipped
+                ):
+                    session.write(batch)
     except BaseException:
         session.abort()
         raise
     return session.close(prune)
+
+
+def _count_sources(extractor: Extractor, source: Path) -> int | None:
+    """How many files ``extractor`` reads under ``source`` (None when unknown)."""
+    if source.is_file():
+        return 1
+    if extractor.name == "audio":
+        from beatmap_fid.extractors.audio import audio_files
+
+        return len(audio_files(source, SkipLog()))
+    return None
+
+
+def _counting_sources(items: Iterable[Item], skipped: SkipLog, bar: Any) -> Iterator[Item]:
+    """``items`` unchanged, moving ``bar`` to the number of source files reached so far
+    (files that gave items, and files skipped)."""
+    reached: set[str] = set()
+    skips_seen = 0
+
+    def advance() -> None:
+        nonlocal skips_seen
+        reached.update(map_id(entry.source) for entry in skipped.entries[skips_seen:])
+        skips_seen = len(skipped.entries)
+        bar.update(len(reached) - bar.n)
+
+    for item in items:
+        reached.add(map_id(item.id))
+        advance()
+        yield item
+    advance()
 
 
 def store_path_for(source: Path, extractor: Extractor, store_dir: str | Path | None = None) -> Path:
@@ -360,7 +416,7 @@ def embed_cached(
     store_dir: str | Path | None = None,
     *,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> EmbedResult:
     """Embed ``source`` into its cache store under ``store_dir`` (see :func:`store_path_for`).
 
@@ -386,7 +442,7 @@ def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -
     the store file is unchanged.
     """
     store_path = Path(store_path)
-    with EmbeddingStore(store_path) as store:
+    with open_store(store_path) as store:
         keep = None
         if ids is not None:
             wanted = set(ids)
@@ -484,24 +540,41 @@ class FIDResult:
         }
 
 
+@dataclass(frozen=True)
+class SideStatistics:
+    """Statistics of a set with the summary of where they came from (e.g. a named reference,
+    :meth:`beatmap_fid.references.Reference.side`); a side of :func:`compute_fid` as it is."""
+
+    stats: GaussianStats
+    summary: SideSummary
+
+
 def resolve_statistics(
-    source: str | Path | GaussianStats,
+    source: str | Path | GaussianStats | SideStatistics | np.ndarray,
     extractor: Extractor,
     *,
     store_dir: str | Path | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> tuple[GaussianStats, SideSummary]:
-    """Statistics of a folder/file (embedded first), a store or a ``.npz``, with a summary."""
+    """Statistics of a folder/file (embedded first), a store, a ``.npz``, statistics or a
+    feature array (n, d), with a summary."""
+    if isinstance(source, SideStatistics):
+        return source.stats, source.summary
     if isinstance(source, GaussianStats):
         return source, SideSummary("<statistics>", "statistics", None, source.n)
+    if not isinstance(source, str | os.PathLike):
+        features = feature_array(source)
+        return RunningGaussian(features.shape[1]).update(features).result(), SideSummary(
+            "<array>", "array", None, len(features)
+        )
     path = Path(source)
     if path.suffix == ".npz" and path.is_file():
         stats = GaussianStats.load(path)
         return stats, SideSummary(str(path), "statistics", None, stats.n)
-    if path.suffix in {".h5", ".hdf5"} and path.is_file():
+    if is_store_path(path):
         stats = store_statistics(path)
-        with EmbeddingStore(path) as store:
+        with open_store(path) as store:
             n_sources = len({map_id(item_id) for item_id in store.ids})
         return stats, SideSummary(str(path), "store", n_sources, stats.n, str(path))
     if not path.exists():
@@ -516,27 +589,46 @@ def resolve_statistics(
     return store_statistics(result.store_path, result.ids), summary
 
 
+def feature_array(features: Any) -> np.ndarray:
+    """A float64 array (n, d) of features given as a NumPy array or a torch tensor (on any
+    device); InputError for anything else."""
+    if hasattr(features, "detach"):  # a torch tensor
+        features = features.detach().to("cpu").double().numpy()
+    array = np.asarray(features)
+    if array.ndim != 2 or array.dtype.kind not in "biuf":
+        raise InputError(
+            f"features must be a numeric array or tensor of shape (n, d), got "
+            f"{type(features).__name__} of shape {getattr(array, 'shape', None)}"
+        )
+    array = array.astype(np.float64, copy=False)
+    if not np.isfinite(array).all():
+        raise NonFiniteError("features contain NaN or infinite values")
+    return array
+
+
 def compute_fid(
-    real: str | Path | GaussianStats,
-    generated: str | Path | GaussianStats,
+    real: str | Path | GaussianStats | SideStatistics,
+    generated: str | Path | GaussianStats | SideStatistics,
     *,
     extractor: Extractor | str = DEFAULT_EXTRACTOR,
     store_dir: str | Path | None = None,
     batch_size: int = 64,
     device: str | None = None,
     strict: bool = False,
-    progress: bool = True,
+    progress: bool = False,
     cache: bool = True,
     extractor_options: dict[str, Any] | None = None,
 ) -> FIDResult:
-    """FID between two sets given as folders of maps (or files), stores or ``.npz`` statistics.
+    """FID between two sets given as folders of maps (or files), stores, ``.npz`` statistics,
+    statistics or feature arrays.
 
     Folders are embedded with ``extractor`` into cache stores under ``store_dir`` (default
     :func:`default_store_dir`), which follow the folders' contents: a re-run embeds only new
     or changed files. ``cache=False`` embeds into a temporary folder removed afterwards.
     Unusable inputs are skipped and listed in the result, or raise
     :class:`~beatmap_fid.errors.SourceError` when ``strict``; inputs embedded with a fallback
-    are listed in each side's ``fallbacks`` (``strict`` does not refuse them).
+    are listed in each side's ``fallbacks`` (``strict`` does not refuse them). ``progress``
+    shows embedding progress bars.
     """
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, **(extractor_options or {}))
@@ -550,7 +642,7 @@ def compute_fid(
                 batch_size=batch_size,
                 progress=progress,
             )
-            if not cache:
+            if not cache and summary.kind == "folder":
                 summary.store_path = None
             if strict and summary.skipped:
                 raise SourceError(f"{summary.source}: {summary.skipped.brief()}")
@@ -568,43 +660,15 @@ def compute_fid(
 MapLike = str | Path | slider.Beatmap
 
 
-class StreamingFID:
-    """FID of maps held in memory against a fixed reference, in the torchmetrics style.
+class MapEmbedder:
+    """Vectors of maps held in memory (paths, ``.osu`` text or ``slider.Beatmap`` objects) or
+    of feature arrays and tensors passed as they are; what :class:`StreamingFID` and the
+    torchmetrics metric feed their statistics with. Maps that cannot be used are recorded in
+    :attr:`skipped`."""
 
-    Built once against a reference (folder, store, ``.npz`` statistics or
-    :class:`GaussianStats`), then fed generated maps with :meth:`update` as paths, ``.osu`` text
-    or parsed ``slider.Beatmap`` objects; :meth:`compute` returns the FID. Generated maps are
-    never written to disk: only their running mean and covariance are kept.
-    """
-
-    def __init__(
-        self,
-        reference: str | Path | GaussianStats,
-        extractor: Extractor | str = DEFAULT_EXTRACTOR,
-        *,
-        store_dir: str | Path | None = None,
-        device: str | None = None,
-        batch_size: int = 64,
-        progress: bool = False,
-        extractor_options: dict[str, Any] | None = None,
-    ) -> None:
-        if isinstance(extractor, str):
-            extractor = build_extractor(extractor, **(extractor_options or {}))
-        if not hasattr(extractor, "beatmap_items"):
-            raise ExtractorError(
-                f"extractor {extractor.name!r} cannot embed beatmaps held in memory"
-            )
+    def __init__(self, extractor: Extractor, batch_size: int = 64) -> None:
         self.extractor = extractor
-        self.device = device
         self.batch_size = batch_size
-        self.reference, self.reference_summary = resolve_statistics(
-            reference, extractor, store_dir=store_dir, batch_size=batch_size, progress=progress
-        )
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every generated map seen so far (the reference is kept)."""
-        self._running = RunningGaussian(self.extractor.dim)
         self.skipped = SkipLog()
         self.n_maps = 0
         self._fallbacks_before = len(extractor_fallbacks(self.extractor))
@@ -615,10 +679,6 @@ class StreamingFID:
         :class:`EmbedResult`)."""
         entries = extractor_fallbacks(self.extractor).entries[self._fallbacks_before :]
         return SkipLog(list(entries))
-
-    @property
-    def n_vectors(self) -> int:
-        return self._running.n
 
     def _beatmap_file(self, source: MapLike, audio: str | Path | None) -> BeatmapFile:
         audio_path = Path(audio) if audio is not None else None
@@ -634,11 +694,17 @@ class StreamingFID:
             beatmap_file = replace(beatmap_file, audio_path=audio_path)
         return beatmap_file
 
-    def update(self, maps: MapLike | Iterable[MapLike], audio: str | Path | None = None) -> None:
-        """Add generated maps; ``audio`` (optional) is the audio file they were made for.
-
-        Maps that cannot be used are recorded in :attr:`skipped` with their reason.
-        """
+    def vectors(self, maps: Any, audio: str | Path | None = None) -> Iterator[np.ndarray]:
+        """Blocks of vectors (n, dim) of ``maps``: one map or features, or a list of maps;
+        ``audio`` (optional) is the audio file the maps were made for."""
+        if is_features(maps):
+            yield feature_array(maps)
+            return
+        if not hasattr(self.extractor, "beatmap_items"):
+            raise ExtractorError(
+                f"extractor {self.extractor.name!r} cannot embed beatmaps held in memory: "
+                "pass its features as an array"
+            )
         if isinstance(maps, str | Path | slider.Beatmap):
             maps = [maps]
         for source in maps:
@@ -652,7 +718,77 @@ class StreamingFID:
             self.n_maps += 1
             items = self.extractor.beatmap_items(beatmap_file, self.skipped)
             for batch in batched(items, self.batch_size):
-                self._running.update(self.extractor.embed([item.payload for item in batch]))
+                yield self.extractor.embed([item.payload for item in batch])
+
+
+def is_features(value: Any) -> bool:
+    """Whether ``value`` is a feature array or tensor (anything with two dimensions and a
+    numeric dtype) rather than maps."""
+    if hasattr(value, "detach") and hasattr(value, "shape"):
+        return True
+    return isinstance(value, np.ndarray)
+
+
+class StreamingFID:
+    """FID of maps or features held in memory against a fixed reference, in the torchmetrics
+    style.
+
+    Built once against a reference (folder, store, ``.npz`` statistics,
+    :class:`GaussianStats`, a named reference's :meth:`~beatmap_fid.references.Reference.side`
+    or a feature array), then fed with :meth:`update`: maps as paths, ``.osu`` text or parsed
+    ``slider.Beatmap`` objects, or feature arrays / torch tensors (n, dim) made by the
+    extractor elsewhere; :meth:`compute` returns the FID. Nothing is written to disk: only the
+    running mean and covariance are kept. See :mod:`beatmap_fid.integrations.torchmetrics`
+    for a torchmetrics ``Metric`` that synchronises across processes.
+    """
+
+    def __init__(
+        self,
+        reference: Any,
+        extractor: Extractor | str = DEFAULT_EXTRACTOR,
+        *,
+        store_dir: str | Path | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+        extractor_options: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(extractor, str):
+            extractor = build_extractor(extractor, **(extractor_options or {}))
+        self.extractor = extractor
+        self.device = device
+        self._embedder = MapEmbedder(extractor, batch_size)
+        self.reference, self.reference_summary = resolve_statistics(
+            reference, extractor, store_dir=store_dir, batch_size=batch_size, progress=progress
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every generated map seen so far (the reference is kept)."""
+        self._running = RunningGaussian(self.extractor.dim)
+        self._embedder.skipped = SkipLog()
+        self._embedder.n_maps = 0
+
+    @property
+    def skipped(self) -> SkipLog:
+        return self._embedder.skipped
+
+    @property
+    def n_maps(self) -> int:
+        return self._embedder.n_maps
+
+    @property
+    def n_vectors(self) -> int:
+        return self._running.n
+
+    def update(self, maps: Any, audio: str | Path | None = None) -> None:
+        """Add generated maps, or their features (an array or tensor (n, dim)); ``audio``
+        (optional) is the audio file the maps were made for.
+
+        Maps that cannot be used are recorded in :attr:`skipped` with their reason.
+        """
+        for block in self._embedder.vectors(maps, audio):
+            self._running.update(block)
 
     def compute(self) -> float:
         """FID between the reference and every generated map given since the last reset."""

@@ -36,7 +36,7 @@ def embed_many(
     *,
     store_dir: str | Path | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> list[EmbedResult]:
     """Embed ``source`` into each extractor's cache store (as :func:`beatmap_fid.api.embed_cached`
     does), reading each map once; one result per extractor."""
@@ -91,7 +91,7 @@ def sides_for_extractors(
     *,
     store_dir: str | Path | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> list[tuple[Any, Any]]:
     """``(real, generated)`` loaded sides for each extractor. Folders of beatmaps are read
     once for all extractors (:func:`embed_many`); other sides go through

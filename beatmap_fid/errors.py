@@ -97,28 +97,44 @@ class SkipLog:
 
     def reasons(self) -> Counter[str]:
         """Number of skips per reason (the part of the reason before the first colon)."""
-        return Counter(entry.reason.split(":", 1)[0] for entry in self.entries)
+        return Counter(_kind(entry.reason) for entry in self.entries)
+
+    def by_reason(self) -> dict[str, list[Skipped]]:
+        """The skips grouped by reason (the part before the first colon), the most frequent
+        reason first (ties in order of first appearance)."""
+        groups: dict[str, list[Skipped]] = {}
+        for entry in self.entries:
+            groups.setdefault(_kind(entry.reason), []).append(entry)
+        return dict(sorted(groups.items(), key=lambda group: -len(group[1])))
 
     def brief(self) -> str:
-        """The skips on one line, for an error message: how many, the commonest reasons and
-        the first skipped input."""
+        """One line: how many were skipped, per reason with its first input (for error
+        messages)."""
         if not self.entries:
             return "nothing skipped"
-        common = self.reasons().most_common()
-        reasons = ", ".join(f"{count} {reason}" for reason, count in common[:3])
-        if len(common) > 3:
-            reasons += f", {sum(count for _, count in common[3:])} other"
-        first = self.entries[0]
-        detail = " ".join(f"{first.source}: {first.reason}".split())
-        return f"{len(self.entries)} skipped ({reasons}); first: {detail[:300]}"
+        counts = "; ".join(
+            f"{len(group)} {kind} (first: {group[0].source})"
+            for kind, group in self.by_reason().items()
+        )
+        return f"{len(self.entries)} skipped: {counts}"
 
-    def summary(self, limit: int = 20, what: str = "skipped") -> str:
-        """A readable list of what was skipped (or ``what`` happened to the entries), at most
-        ``limit`` lines of detail."""
+    def summary(self, examples: int = 3, *, verbose: bool = False, what: str = "skipped") -> str:
+        """What was skipped (or ``what`` happened to the entries), by reason: each reason with
+        its count and its first ``examples`` inputs (every input when ``verbose``)."""
         if not self.entries:
             return f"nothing {what}"
-        lines = [f"{len(self.entries)} {what}:"]
-        lines += [f"  {entry.source}: {entry.reason}" for entry in self.entries[:limit]]
-        if len(self.entries) > limit:
-            lines.append(f"  ... and {len(self.entries) - limit} more")
+        lines = [f"{len(self.entries)} {what}, by reason:"]
+        for kind, group in self.by_reason().items():
+            lines.append(f"  {len(group)} × {kind}")
+            shown = group if verbose else group[:examples]
+            for entry in shown:
+                detail = entry.reason[len(kind) :].removeprefix(":").strip()
+                lines.append(f"      {entry.source}" + (f": {detail}" if detail else ""))
+            if len(group) > len(shown):
+                lines.append(f"      ... and {len(group) - len(shown)} more (--verbose lists all)")
         return "\n".join(lines)
+
+
+def _kind(reason: str) -> str:
+    """The kind of a skip reason: the part before its first colon."""
+    return reason.split(":", 1)[0].strip()

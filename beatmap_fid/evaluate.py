@@ -31,8 +31,11 @@ from tqdm.auto import tqdm
 
 from beatmap_fid.api import (
     DEFAULT_EXTRACTOR,
+    SideStatistics,
     SideSummary,
     embed_cached,
+    feature_array,
+    is_store_path,
     resolve_statistics,
     skip_entries,
 )
@@ -45,13 +48,12 @@ from beatmap_fid.errors import (
 )
 from beatmap_fid.extractors.base import Extractor, build_extractor, config_hash, map_id
 from beatmap_fid.stats import GaussianStats
-from beatmap_fid.store import EmbeddingStore
+from beatmap_fid.store import EmbeddingStore, open_store
 
 DEFAULT_METRICS = ("fid", "fid_ci", "kid", "prdc")
 """Metrics of :func:`evaluate` when none are named (plus ``"rhythm"``, see :func:`rhythm_applies`)."""
 RHYTHM = "rhythm"
 KID_SUBSET_SIZE = 1000
-_STORE_SUFFIXES = (".h5", ".hdf5")
 
 
 @dataclass
@@ -97,15 +99,30 @@ def is_beatmap_folder(source: Any) -> bool:
 def rhythm_applies(real: Any, generated: Any, mapping: Any = None) -> bool:
     """Whether both sides are beatmap folders with at least one pair of maps (named alike, or
     in ``mapping``): the condition for ``"rhythm"`` to join the default metrics."""
+    return rhythm_missing_reason(real, generated, mapping) is None
+
+
+def rhythm_missing_reason(real: Any, generated: Any, mapping: Any = None) -> str | None:
+    """Why the maps-against-maps metrics (``"rhythm"``, ``"paired"``) do not apply to these
+    sides, or None when they do."""
     from beatmap_fid.metrics.rhythm import pair_beatmaps
 
-    if not (is_beatmap_folder(real) and is_beatmap_folder(generated)):
-        return False
+    not_folders = [
+        name
+        for name, side in (("real", real), ("generated", generated))
+        if not is_beatmap_folder(side)
+    ]
+    if not_folders:
+        return (
+            f"the {' and '.join(not_folders)} side{'s are' if len(not_folders) > 1 else ' is'} "
+            "not a folder of .osu files; rhythm and calc_fid's pair metrics compare each "
+            "generated map with the real map of the same audio"
+        )
     try:
         pair_beatmaps(real, generated, mapping)
-    except InputError:
-        return False
-    return True
+    except InputError as err:
+        return f"the maps do not pair up: {err}"
+    return None
 
 
 def _is_path(source: Any) -> bool:
@@ -133,7 +150,7 @@ def load_side(
     need_vectors: bool = True,
     store_dir: str | Path | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
 ) -> EvalSide:
     """Vectors (or statistics) of one side; folders and files are embedded with ``extractor``
     into their store under ``store_dir`` first (reused on later runs).
@@ -143,7 +160,7 @@ def load_side(
     """
     if isinstance(source, EmbeddingStore):
         return _store_side(source)
-    if isinstance(source, GaussianStats) or (
+    if isinstance(source, GaussianStats | SideStatistics) or (
         _is_path(source) and Path(source).suffix.lower() == ".npz"
     ):
         if need_vectors:
@@ -160,8 +177,8 @@ def load_side(
             raise InputError(
                 f"{path} does not exist (expected a folder, a file, a store or a .npz)"
             )
-        if path.suffix.lower() in _STORE_SUFFIXES and path.is_file():
-            with EmbeddingStore(path) as store:
+        if is_store_path(path):
+            with open_store(path) as store:
                 if need_vectors:
                     return _store_side(store)
                 extractor_name, hash_ = store.extractor, store.config_hash
@@ -197,14 +214,12 @@ def load_side(
             config_hash(extractor.config),
             folder,
         )
-    if hasattr(source, "detach"):  # a torch tensor
-        source = source.detach().cpu().numpy()
-    array = np.asarray(source)
-    if array.ndim != 2 or array.dtype.kind not in "biuf":
+    try:
+        array = feature_array(source)
+    except InputError as err:
         raise InputError(
-            f"a side must be a folder, a file, a store, statistics or a numeric array (n, d); "
-            f"got {type(source).__name__} of shape {getattr(array, 'shape', None)}"
-        )
+            f"a side must be a folder, a file, a store, statistics or a numeric array (n, d): {err}"
+        ) from err
     summary = SideSummary("<array>", "array", None, len(array))
     ids = np.array([str(i) for i in range(len(array))], dtype=object)
     return EvalSide(summary, array, ids)
@@ -219,13 +234,13 @@ def load_sides(
     store_dir: str | Path | None = None,
     batch_size: int = 64,
     strict: bool = False,
-    progress: bool = True,
+    progress: bool = False,
     extractor_options: dict[str, Any] | None = None,
 ) -> tuple[EvalSide, EvalSide]:
     """Both sides via :func:`load_side`, the extractor built once (only when a side needs it),
     checked to come from the same extractor configuration."""
     needs_extractor = any(
-        _is_path(s) and Path(s).suffix.lower() not in (*_STORE_SUFFIXES, ".npz")
+        _is_path(s) and not is_store_path(s) and Path(s).suffix.lower() != ".npz"
         for s in (real, generated)
     )
     if isinstance(extractor, str) and needs_extractor:
@@ -286,7 +301,7 @@ def compute_metrics(
     options: dict[str, dict[str, Any]] | None = None,
     *,
     device: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
     details: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], Any]:
     """The dict of ``metrics`` between two loaded sides, and the rhythm result (or None).
@@ -371,7 +386,7 @@ def evaluate(
     batch_size: int = 64,
     device: str | None = None,
     strict: bool = False,
-    progress: bool = True,
+    progress: bool = False,
     extractor_options: dict[str, Any] | None = None,
     **options: dict[str, Any],
 ) -> dict[str, float]:
@@ -467,7 +482,7 @@ def score_source(
     label: str | None = None,
     store_dir: str | Path | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool = False,
     extractor_options: dict[str, Any] | None = None,
 ) -> ScoreResult:
     """Apply a score head (:mod:`beatmap_fid.heads`, object or ``.pt`` path) to a store or to
@@ -493,9 +508,9 @@ def score_source(
     skipped, fallbacks = SkipLog(), SkipLog()
     store_path: Path
     features: Any
-    if path.suffix.lower() in _STORE_SUFFIXES and path.is_file():
+    if is_store_path(path):
         store_path = features = path  # a store given as such: the head checks its config
-        with EmbeddingStore(path) as store:
+        with open_store(path) as store:
             ids = [str(i) for i in store.ids]
     else:
         name = extractor or head.extractor

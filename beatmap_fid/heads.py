@@ -8,15 +8,20 @@ extractor's embeddings work, e.g. a difficulty score or a mapper label on beatma
 - Inputs are standardised with the training split's per-feature mean and standard deviation;
   regression targets are standardised too, so the learning rate suits any score scale.
 - Losses: mean squared error (regression) or cross-entropy (classification), AdamW.
-- A random validation split (``val_fraction``) is scored after every epoch; training stops
-  after ``patience`` epochs without improvement and keeps the weights of the best epoch.
+- A validation split (``val_fraction``) is scored after every epoch; training stops after
+  ``patience`` epochs without improvement and keeps the weights of the best epoch. With
+  ``groups`` (e.g. ``"map"``: the windows of one map) the split keeps each group on one side.
+- :func:`train_head_held_out` first sets aside a test split grouped by map (or by folder, a
+  beatmap set), trains on the rest and scores the head on the held-out maps against a
+  baseline that ignores the embeddings (the training mean, or the most frequent training
+  label): the figures ``beatmap-fid train-head`` prints and saves with the head.
 - Seeded: the split, the initial weights, the batch order and dropout all follow ``seed``;
   the global torch random state is left untouched.
 
 A saved head is a ``.pt`` file holding only tensors, numbers, strings and lists, so it loads
 with ``torch.load(weights_only=True)``: the weights, the standardisation, the kind, the
-architecture, the embedding dimension, the label names, the validation metrics, and the
-extractor name and config hash of the store it was trained on. Applying a head to a store made
+architecture, the embedding dimension, the label names, the validation metrics, the held-out
+evaluation, and the extractor name and config hash of the store it was trained on. Applying a head to a store made
 with another extractor configuration raises ConfigMismatchError (a head trained on a plain
 array records no configuration and is not checked).
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +46,7 @@ from beatmap_fid.errors import (
     InsufficientSamplesError,
     NonFiniteError,
 )
+from beatmap_fid.extractors.base import map_id
 from beatmap_fid.store import EmbeddingStore
 
 KINDS = ("regression", "classification")
@@ -88,6 +95,7 @@ class ScoreHead:
         extractor: str | None = None,
         config_hash: str | None = None,
         report: TrainingReport | None = None,
+        held_out: dict[str, Any] | None = None,
     ) -> None:
         self.network = network.eval()
         self.kind = kind
@@ -103,6 +111,7 @@ class ScoreHead:
         self.extractor = extractor
         self.config_hash = config_hash
         self.report = report
+        self.held_out = held_out
 
     def __repr__(self) -> str:
         labels = f", labels={self.label_names}" if self.label_names else ""
@@ -205,6 +214,7 @@ class ScoreHead:
             "state_dict": self.network.state_dict(),
             "val_metrics": dict(report.val_metrics) if report else {},
             "best_epoch": report.best_epoch if report else -1,
+            "held_out": self.held_out,
         }
         partial = path.with_name(path.name + ".partial")
         torch.save(payload, partial)
@@ -256,6 +266,7 @@ class ScoreHead:
                 best_epoch=payload["best_epoch"],
                 val_metrics=dict(payload["val_metrics"]),
             ),
+            held_out=payload.get("held_out"),
         )
 
 
@@ -292,13 +303,17 @@ def train_head(
     seed: int = 0,
     num_threads: int | None = 1,
     progress: bool = False,
+    groups: Any = None,
 ) -> ScoreHead:
     """Train a head on ``embeddings`` (an array (n, d), an embedding store or an ``.h5`` path).
 
     ``targets``: one value per row (scores for regression, labels for classification), or a
-    mapping from store id to value (rows without a value are left out). For classification
-    from a store, None uses the store's labels (rows labelled "" are left out). The training
-    report is in ``head.report``.
+    mapping from store id, or from map (the id without its ``#k`` window number), to value
+    (rows without a value are left out). For classification from a store, None uses the
+    store's labels (rows labelled "" are left out). The training report is in
+    ``head.report``. ``groups``: None (rows split at random), ``"map"`` or ``"folder"``
+    (a store's windows grouped by map, or by the folder of the map: a beatmap set), or one
+    group per row; the validation split keeps each group on one side.
 
     ``num_threads``: torch CPU threads while training (restored afterwards). One is the
     fastest for heads this small, whose steps are too short to share: on a busy machine, extra
@@ -316,16 +331,19 @@ def train_head(
     if min(max_epochs, patience, batch_size, hidden) < 1:
         raise InputError("max_epochs, patience, batch_size and hidden must all be at least 1")
 
-    features, values, extractor, config = _training_data(embeddings, targets, kind)
+    features, values, extractor, config, ids = _training_data(embeddings, targets, kind)
     n, dim = features.shape
-    n_val = round(n * val_fraction)
-    if n < 4 or n_val < 1 or n - n_val < 2:
+    if groups is None:
+        order = np.random.default_rng(seed).permutation(n)
+        n_val = round(n * val_fraction)
+        train_rows, val_rows = np.sort(order[n_val:]), np.sort(order[:n_val])
+    else:
+        train_rows, val_rows = group_split(row_groups_of(groups, ids, n), val_fraction, seed)
+    if n < 4 or len(val_rows) < 1 or len(train_rows) < 2:
         raise InsufficientSamplesError(
             f"training a head needs at least 2 training and 1 validation sample; got {n} "
-            f"samples with val_fraction={val_fraction}"
+            f"samples ({len(train_rows)} for training) with val_fraction={val_fraction}"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    train_rows, val_rows = np.sort(order[n_val:]), np.sort(order[:n_val])
 
     input_mean = features[train_rows].mean(axis=0)
     input_scale = features[train_rows].std(axis=0)
@@ -391,8 +409,9 @@ def train_head(
 
 def _training_data(
     embeddings: Any, targets: Any, kind: str
-) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
-    """Features (float64), targets (float64 scores or str labels), extractor, config hash."""
+) -> tuple[np.ndarray, np.ndarray, str | None, str | None, np.ndarray | None]:
+    """Features (float64), targets (float64 scores or str labels), extractor, config hash and
+    the ids of the rows kept (None for arrays)."""
     extractor = config = ids = labels = None
     if isinstance(embeddings, (str, os.PathLike)):
         with EmbeddingStore(embeddings) as store:
@@ -419,8 +438,10 @@ def _training_data(
     elif isinstance(targets, Mapping):
         if ids is None:
             raise InputError("targets by id need an embedding store (arrays have no ids)")
-        keep = np.array([item_id in targets for item_id in ids], dtype=bool)
-        values = np.array([targets.get(item_id) for item_id in ids], dtype=object)
+        values = np.array(
+            [targets.get(item_id, targets.get(map_id(item_id))) for item_id in ids], dtype=object
+        )
+        keep = np.array([value is not None for value in values], dtype=bool)
     else:
         values = np.asarray(targets, dtype=object)
         if values.shape != (len(features),):
@@ -431,6 +452,7 @@ def _training_data(
         keep = np.ones(len(features), dtype=bool)
 
     features, values = features[keep], values[keep]
+    kept_ids = np.asarray(ids, dtype=object)[keep] if ids is not None else None
     if kind == "regression":
         try:
             values = values.astype(np.float64)
@@ -440,7 +462,189 @@ def _training_data(
             raise NonFiniteError("regression targets contain NaN or infinite values")
     else:
         values = np.array([str(value) for value in values], dtype=object)
-    return features, values, extractor, config
+    return features, values, extractor, config, kept_ids
+
+
+GROUPINGS = ("map", "folder", "none")
+
+
+def row_groups_of(groups: Any, ids: np.ndarray | None, n: int) -> np.ndarray:
+    """One group name per row: ``groups`` given per row, or ``"map"`` / ``"folder"`` from
+    the rows' ids (the map of a window, or the folder holding the map), or each row alone
+    (None, ``"none"``)."""
+    if groups is None or (isinstance(groups, str) and groups == "none"):
+        return np.array([str(i) for i in range(n)], dtype=object)
+    if isinstance(groups, str):
+        if groups not in GROUPINGS:
+            raise InputError(f"groups must be one of {GROUPINGS} or one group per row")
+        if ids is None:
+            raise InputError(f"groups={groups!r} needs a store: plain arrays have no ids")
+        maps = [map_id(str(item_id)) for item_id in ids]
+        if groups == "folder":
+            return np.array([m.rpartition("/")[0] or m for m in maps], dtype=object)
+        return np.array(maps, dtype=object)
+    found = np.asarray([str(g) for g in groups], dtype=object)
+    if found.shape != (n,):
+        raise InputError(f"groups must hold one value per row ({n}), got {found.shape}")
+    return found
+
+
+def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the larger and of the smaller side of a split that keeps every group on one
+    side: ``round(fraction · groups)`` (at least one) random groups form the smaller side."""
+    names, index = np.unique(groups, return_inverse=True)
+    chosen = np.random.default_rng(seed).permutation(len(names))[
+        : max(1, round(len(names) * fraction))
+    ]
+    inside = np.isin(index, chosen)
+    return np.flatnonzero(~inside), np.flatnonzero(inside)
+
+
+@dataclass
+class HeldOutEvaluation:
+    """How a head does on maps it never saw, against a baseline that ignores the embeddings.
+
+    ``metric``: ``"rmse"`` (regression; baseline the training mean) or ``"accuracy"``
+    (classification; baseline the most frequent training label). ``rows`` and ``groups``:
+    ``{"head": ..., "baseline": ...}`` scored per row (window) and per group (map: the mean
+    prediction of its windows, or their mean class probabilities).
+    """
+
+    kind: str
+    metric: str
+    grouping: str
+    n_train_rows: int
+    n_test_rows: int
+    n_train_groups: int
+    n_test_groups: int
+    rows: dict[str, float]
+    groups: dict[str, float]
+    unseen_test_labels: int = 0  # test groups whose label never occurs in training
+
+    @property
+    def beats_baseline(self) -> bool:
+        """Whether the head is better than the baseline on the held-out groups."""
+        head, base = self.groups["head"], self.groups["baseline"]
+        return head < base if self.metric == "rmse" else head > base
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "metric": self.metric,
+            "grouping": self.grouping,
+            "n_train_rows": self.n_train_rows,
+            "n_test_rows": self.n_test_rows,
+            "n_train_groups": self.n_train_groups,
+            "n_test_groups": self.n_test_groups,
+            "rows": dict(self.rows),
+            "groups": dict(self.groups),
+            "unseen_test_labels": self.unseen_test_labels,
+            "beats_baseline": self.beats_baseline,
+        }
+
+
+def train_head_held_out(
+    embeddings: Any,
+    targets: Any = None,
+    *,
+    kind: str = "regression",
+    group_by: str = "map",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    **options: Any,
+) -> tuple[ScoreHead, HeldOutEvaluation]:
+    """Train a head on all but a held-out ``test_fraction`` of the groups (``group_by``:
+    ``"map"``, ``"folder"`` or ``"none"``) and score it on them against the baseline.
+
+    ``embeddings`` and ``targets`` are as in :func:`train_head`, which gets ``options``; its
+    validation split is grouped the same way. The head keeps the store's extractor and config
+    hash, and the evaluation (``head.held_out``), which :meth:`ScoreHead.save` writes.
+    """
+    if kind not in KINDS:
+        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise InputError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    features, values, extractor, config, ids = _training_data(embeddings, targets, kind)
+    groups = row_groups_of(group_by, ids, len(features))
+    train_rows, test_rows = group_split(groups, test_fraction, seed)
+    if len(np.unique(groups[train_rows])) < 2 or len(test_rows) == 0:
+        raise InsufficientSamplesError(
+            f"a held-out split by {group_by} needs at least 3 groups; got {len(np.unique(groups))}"
+        )
+    head = train_head(
+        features[train_rows],
+        values[train_rows],
+        kind=kind,
+        seed=seed,
+        groups=groups[train_rows],
+        **options,
+    )
+    head.extractor, head.config_hash = extractor, config
+    evaluation = _held_out(head, features, values, groups, train_rows, test_rows, group_by)
+    head.held_out = evaluation.to_dict()
+    return head, evaluation
+
+
+def _held_out(
+    head: ScoreHead,
+    features: np.ndarray,
+    values: np.ndarray,
+    groups: np.ndarray,
+    train_rows: np.ndarray,
+    test_rows: np.ndarray,
+    grouping: str,
+) -> HeldOutEvaluation:
+    test_groups, index = np.unique(groups[test_rows], return_inverse=True)
+    counts = np.bincount(index, minlength=len(test_groups))
+    truth = values[test_rows]
+    common = {
+        "kind": head.kind,
+        "grouping": grouping,
+        "n_train_rows": len(train_rows),
+        "n_test_rows": len(test_rows),
+        "n_train_groups": len(np.unique(groups[train_rows])),
+        "n_test_groups": len(test_groups),
+    }
+    if head.kind == "regression":
+        predicted = head.predict(features[test_rows])
+        baseline = float(values[train_rows].astype(np.float64).mean())
+        group_truth = np.bincount(index, truth.astype(np.float64)) / counts
+        group_predicted = np.bincount(index, predicted) / counts
+
+        def rmse(found: Any, expected: np.ndarray) -> float:
+            return float(np.sqrt(np.mean((found - expected) ** 2)))
+
+        return HeldOutEvaluation(
+            metric="rmse",
+            rows={"head": rmse(predicted, truth), "baseline": rmse(baseline, truth)},
+            groups={
+                "head": rmse(group_predicted, group_truth),
+                "baseline": rmse(baseline, group_truth),
+            },
+            **common,
+        )
+    labels = np.asarray(head.label_names, dtype=object)
+    probabilities = head.predict_proba(features[test_rows])
+    group_probabilities = np.zeros((len(test_groups), len(labels)))
+    np.add.at(group_probabilities, index, probabilities)
+    group_truth = np.array(
+        [Counter(truth[index == g].tolist()).most_common(1)[0][0] for g in range(len(test_groups))],
+        dtype=object,
+    )
+    majority = Counter(values[train_rows].tolist()).most_common(1)[0][0]
+    return HeldOutEvaluation(
+        metric="accuracy",
+        rows={
+            "head": float(np.mean(labels[probabilities.argmax(axis=1)] == truth)),
+            "baseline": float(np.mean(truth == majority)),
+        },
+        groups={
+            "head": float(np.mean(labels[group_probabilities.argmax(axis=1)] == group_truth)),
+            "baseline": float(np.mean(group_truth == majority)),
+        },
+        unseen_test_labels=int(sum(label not in set(labels) for label in group_truth)),
+        **common,
+    )
 
 
 def _build_network(architecture: str, dim: int, hidden: int, outputs: int, dropout: float):

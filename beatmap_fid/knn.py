@@ -587,7 +587,7 @@ def evaluate_knn(
     top_k: Sequence[int] = (3, 5),
     index: str = "exact",
     random_state: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> KNNReport:
     """Out-of-sample k-NN accuracy, top-k accuracy, F1 and confusion matrix.
 

@@ -16,12 +16,21 @@ writes, into one folder:
   FID itself fits: the real mean and covariance, features standardised by the real standard
   deviations, the covariance Ledoit-Wolf-shrunk so that it is invertible even with fewer real
   windows than dimensions), and a map's value is the mean D² of its windows (the windows
-  ``file#k`` of one file count as one map), shown beside the real windows' own mean D².
+  ``file#k`` of one file count as one map), shown beside the real windows' own mean D² on a
+  log scale (a few maps far off would flatten the others on a linear one), with full names.
   (The change in FID when a map is left out was tried and rejected: at a few hundred windows
   it is dominated by FID's 1/N bias and by the loss of coverage of the real map that the left-out
   map pairs with, so it ranked heavily disturbed maps near the bottom.)
 - FID-against-N curves: FID of nested random subsets of growing size, for a few seeds, with the
   fitted FD∞ + c/N and the FD∞ line (:func:`beatmap_fid.metrics.fd_infinity`);
+- how well the FD∞ fit holds: when the line FD∞ + c/N misses the full sets' FID by more than
+  :data:`FIT_MISS_TOLERANCE`, or FD∞ differs that much between seeds, a warning says so in
+  words (``"fd_inf_fit"`` in ``report.json``);
+- for the ``descriptors`` extractor, which named features make up the FID: its exact split
+  into one mean term and one covariance term per feature, and per group of features
+  (:mod:`beatmap_fid.metrics.attribution`);
+- why a section is missing: ``"notes"`` names each section left out (rhythm when the maps
+  do not pair up, feature shares without descriptors, ...) with the reason;
 - the scale for reading FID: the FID between two random halves of the real maps (split by
   map, several splits, :func:`~beatmap_fid.metrics.fid_uncertainty.split_half_fid`), what FID
   shows when only sampling differs;
@@ -61,7 +70,7 @@ from beatmap_fid.evaluate import (
     EvalSide,
     check_metric_names,
     compute_metrics,
-    rhythm_applies,
+    rhythm_missing_reason,
 )
 from beatmap_fid.extractors.base import Extractor, map_id
 from beatmap_fid.metrics.fid_uncertainty import sample_warnings, split_half_fid
@@ -76,7 +85,11 @@ from beatmap_fid.report_sections import (
 REPORT_METRICS = ("fid", "fid_ci", "kid", "prdc")
 """Metrics of the report when none are named (plus rhythm when it applies); FD∞ always."""
 PROJECTIONS = ("auto", "umap", "tsne", "pca")
+FIT_MISS_TOLERANCE = 0.05
+"""The report warns when the FD∞ fit misses the full sets' FID by more than this fraction
+(about what shows on its figure), or FD∞ differs as much between seeds."""
 _HIGHLIGHTED_MAPS = 5
+_SHARED_FEATURES = 15  # features drawn and listed in the feature-shares section
 
 
 @dataclass(frozen=True)
@@ -245,6 +258,62 @@ def fid_curves(
     ]
 
 
+def fd_inf_fit(curves: list[Any], dim: int) -> dict[str, Any]:
+    """How well FD∞ + c/N fits the FID of the subsets: the fitted line at the full size against
+    the FID measured there, the FD∞ of every seed, and a note (in words) when the fit misses
+    the full sets' FID by more than :data:`FIT_MISS_TOLERANCE`, the seeds disagree as much,
+    or the smallest subsets hold no more vectors than dimensions (where the 1/N law does not
+    hold)."""
+    first = curves[0]
+    full_size, measured = int(first.sizes[-1]), float(first.fids[-1])
+    fitted = first.value + first.slope / full_size
+    miss = abs(fitted - measured) / measured if measured > 0 else 0.0
+    seeds = [float(c.value) for c in curves]
+    spread = (max(seeds) - min(seeds)) / measured if measured > 0 else 0.0
+    note = short = None
+    too_small = int(first.sizes[0]) <= dim
+    if miss > FIT_MISS_TOLERANCE or spread > FIT_MISS_TOLERANCE or too_small:
+        short = (
+            f"fit misses FID(all) by {miss:.0%}; FD∞ over {len(seeds)} seeds: "
+            f"{min(seeds):.3g} … {max(seeds):.3g}"
+        )
+        note = (
+            f"FD∞ is unreliable here: the straight line FID = FD∞ + c/N fitted to random subsets "
+            f"gives {fitted:.4g} at the full size N = {full_size}, where FID is {measured:.4g} "
+            f"({miss:.0%} off), and FD∞ ranges from {min(seeds):.4g} to {max(seeds):.4g} over "
+            f"{len(seeds)} seeds. The 1/N law holds when the subsets are much larger than the "
+            f"dimension (the smallest held {int(first.sizes[0])} vectors for {dim} dimensions) "
+            "and their vectors independent (windows of one map are not): compare FIDs at equal "
+            "N instead"
+        )
+    return {
+        "full_size": full_size,
+        "measured_fid": measured,
+        "fit_at_full_size": float(fitted),
+        "relative_miss": float(miss),
+        "seed_values": seeds,
+        "note": note,
+        "short_note": short,
+    }
+
+
+def descriptor_shares(real: EvalSide, generated: EvalSide) -> dict[str, Any]:
+    """The descriptors' FID split per named feature and per feature group
+    (:func:`beatmap_fid.metrics.attribution.feature_shares`)."""
+    from beatmap_fid.extractors.descriptors import DESCRIPTOR_GROUPS, DESCRIPTOR_NAMES
+    from beatmap_fid.metrics.attribution import feature_shares
+
+    shares = feature_shares(real.vectors, generated.vectors)
+    return {
+        "extractor": "descriptors",
+        "fid": shares.fid,
+        "mean_term": float(shares.mean_terms.sum()),
+        "covariance_term": float(shares.covariance_terms.sum()),
+        "features": shares.table(DESCRIPTOR_NAMES),
+        "groups": shares.groups(DESCRIPTOR_GROUPS, DESCRIPTOR_NAMES),
+    }
+
+
 def _side_dict(side: EvalSide) -> dict[str, Any]:
     data = side.summary.to_dict()
     data["extractor"] = side.extractor
@@ -267,7 +336,7 @@ def build_report(
     curve_seeds: int = 3,
     seed: int = 0,
     title: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
     extractor_options: dict[str, Any] | None = None,
     **options: dict[str, Any],
 ) -> ReportResult:
@@ -290,10 +359,20 @@ def build_report(
         False,
     )
     rhythm_options = options.get(RHYTHM) or {}
-    if metrics is None and rhythm_applies(real, generated, rhythm_options.get("mapping")):
-        names += [RHYTHM, "paired"]
+    notes: dict[str, str] = {}
+    if metrics is None:
+        missing = rhythm_missing_reason(real, generated, rhythm_options.get("mapping"))
+        if missing is None:
+            names += [RHYTHM, "paired"]
+        else:
+            notes[RHYTHM] = notes["paired"] = missing
     if "overlap" in options and "overlap" not in names:
         names.append("overlap")
+    if "overlap" not in names:
+        notes["overlap"] = (
+            "not asked for: give the training set (--training-ids FILE or --training-store "
+            "STORE.h5) to count generated maps that copy it"
+        )
     names = [n for n in names if n != "fd_inf"]  # FD∞ comes from the curves below
     output_dir = Path(output_dir)
     stages = tqdm(total=6, desc="report", unit="step", disable=not progress)
@@ -317,7 +396,7 @@ def build_report(
             }
         )
     values: dict[str, float] = dict(per_extractor[0]["metrics"])
-    notes: dict[str, str] = dict(per_extractor[0]["notes"])
+    notes.update(per_extractor[0]["notes"])
     rhythm = None
     details: dict[str, Any] = {}
     for name in [n for n in names if n in PAIR_METRICS]:
@@ -356,9 +435,21 @@ def build_report(
         curves = fid_curves(x, y, seeds=curve_seeds, progress=progress, **options.get("fd_inf", {}))
     except InputError as err:
         notes["fd_inf"] = str(err)
+    fit = fd_inf_fit(curves, x.shape[1]) if curves else None
     if curves:
         values["fd_inf"] = curves[0].value
         values["fd_inf_slope"] = curves[0].slope
+        if fit["note"]:
+            warnings_found.append(fit["note"])
+    shares = None
+    shares_index = next((i for i, e in enumerate(extractors) if e.name == "descriptors"), None)
+    if shares_index is None:
+        notes["feature_shares"] = (
+            "only the descriptors extractor has named features; add it (e.g. --extractor "
+            f"descriptors,{extractors[0].name}) to see which features make up the FID"
+        )
+    else:
+        shares = descriptor_shares(*all_sides[shares_index])
     stages.update()
 
     projected = project_2d(x, y, method=projection, max_points=max_points, seed=seed)
@@ -387,8 +478,16 @@ def build_report(
             [(c.sizes, c.fids, c.value, c.slope) for c in curves],
             full_size=len(y),
             full_fid=float(curves[0].fids[-1]),  # the last subsets are the whole sets
+            miss_note=fit["short_note"] if fit else None,
         )
         if curves
+        else None,
+        "feature_shares": plots.feature_shares_png(
+            [row["feature"] for row in shares["features"][:_SHARED_FEATURES]],
+            [row["mean_term"] for row in shares["features"][:_SHARED_FEATURES]],
+            [row["covariance_term"] for row in shares["features"][:_SHARED_FEATURES]],
+        )
+        if shares
         else None,
     }
 
@@ -413,6 +512,8 @@ def build_report(
             }
             for index, c in enumerate(curves)
         ],
+        "fd_inf_fit": fit,
+        "feature_shares": shares,
         "contributions": {
             "measure": "mean squared Mahalanobis distance of the map's windows under the real "
             "Gaussian (standardised features, Ledoit-Wolf covariance)",
@@ -636,6 +737,63 @@ BPM RMSE <b>{_number(rhythm["bpm_rmse"])}</b>, drain-time RMSE <b>{_number(rhyth
 {"".join(rows)}</table>{extra}"""
 
 
+_SECTION_NAMES = {
+    "rhythm": "Rhythm",
+    "paired": "calc_fid pair metrics",
+    "overlap": "Training-set overlap",
+    "feature_shares": "Features that make up the FID",
+    "fd_inf": "FD∞ and FID-against-N curves",
+    "split_half": "FID real vs real",
+}
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def _shares_section(shares: dict[str, Any] | None, png: bytes | None) -> str:
+    """Which named descriptor features make up the FID (see
+    :mod:`beatmap_fid.metrics.attribution`)."""
+    if not shares:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(r['feature'])}</td><td class='num'>{_percent(r['share'])}</td>"
+        f"<td class='num'>{_number(r['mean_term'])}</td>"
+        f"<td class='num'>{_number(r['covariance_term'])}</td>"
+        f"<td class='num'>{_number(r['real_mean'])} ± {_number(r['real_std'])}</td>"
+        f"<td class='num'>{_number(r['generated_mean'])} ± {_number(r['generated_std'])}</td></tr>"
+        for r in shares["features"][:_SHARED_FEATURES]
+    )
+    groups = "".join(
+        f"<tr><td>{html.escape(g['group'])}</td><td class='num'>{g['features']}</td>"
+        f"<td class='num'>{_percent(g['share'])}</td><td class='num'>{_number(g['mean_term'])}"
+        f"</td><td class='num'>{_number(g['covariance_term'])}</td></tr>"
+        for g in shares["groups"]
+    )
+    total = shares["fid"] or 1.0
+    figure = _image(
+        png,
+        "Features that make up the FID",
+        "Each feature's part of the FID: its mean term (difference of the means, squared) and "
+        "its covariance term (how far it moves when the real Gaussian is carried onto the "
+        "generated one).",
+    )
+    return f"""
+<h2>Which descriptor features make up the FID</h2>
+<p>FID splits exactly into one term per named feature of the <code>descriptors</code> extractor:
+the squared difference of the feature's means, plus its part of the covariance terms (its mean
+squared displacement under the optimal transport between the two Gaussians). Here the mean terms
+make up {_percent(shares["mean_term"] / total)} and the covariance terms
+{_percent(shares["covariance_term"] / total)} of FID {_number(shares["fid"])}. Features with
+large values weigh more, as they do in FID itself.</p>
+<div class="figures">{figure}
+<table><tr><th>feature</th><th>share</th><th>mean term</th><th>covariance term</th>
+<th>real mean ± sd</th><th>generated mean ± sd</th></tr>{rows}</table></div>
+<p>By group of features:</p>
+<table><tr><th>group</th><th>features</th><th>share</th><th>mean term</th>
+<th>covariance term</th></tr>{groups}</table>"""
+
+
 def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: int = 20) -> str:
     """The self-contained HTML page of a report (``data`` as in ``report.json``)."""
     metrics = data["metrics"]
@@ -675,10 +833,19 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
         f"<td>{html.escape(u)}</td><td>{html.escape(meaning)}</td></tr>"
         for n, v, u, meaning in _metric_rows(metrics, data["fd_inf_curves"])
     )
-    notes = "".join(
-        f'<p class="note">{html.escape(name)} not computed: {html.escape(text)}</p>'
-        for name, text in data["notes"].items()
-    )
+    notes = ""
+    if data["notes"]:
+        grouped: dict[str, list[str]] = {}
+        for name, text in data["notes"].items():
+            grouped.setdefault(text, []).append(_SECTION_NAMES.get(name, name))
+        notes = (
+            "<h2>Not shown, and why</h2><ul>"
+            + "".join(
+                f'<li class="note"><b>{html.escape(", ".join(names))}</b>: {html.escape(text)}</li>'
+                for text, names in grouped.items()
+            )
+            + "</ul>"
+        )
     warnings_html = "".join(
         f'<p class="warning">Warning: {html.escape(text)}</p>' for text in data.get("warnings", [])
     )
@@ -735,7 +902,12 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
                 "FID against the number of samples",
                 "FID of nested random subsets (one line per seed, the real set shrunk in "
                 "proportion), the fit FD∞ + c/N and FD∞. FID falls as N grows: compare FIDs only "
-                "at equal N, or compare FD∞.",
+                "at equal N, or compare FD∞."
+                + (
+                    f" {data['fd_inf_fit']['note']}."
+                    if (data.get("fd_inf_fit") or {}).get("note")
+                    else ""
+                ),
             ),
         ]
     )
@@ -766,6 +938,7 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None], *, top: i
 {notes}
 {_rhythm_section(data.get("rhythm"))}
 {render_sections(data)}
+{_shares_section(data.get("feature_shares"), images.get("feature_shares"))}
 <h2>Figures</h2>
 <div class="figures">{figures}</div>
 <h2>Generated maps furthest from the real set</h2>

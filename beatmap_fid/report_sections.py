@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import html
-import inspect
 import math
 from typing import Any
 
@@ -30,7 +29,7 @@ def _key(name: str) -> str:
 def build_extractors(extractor: Any, options: dict[str, Any] | None = None) -> list[Extractor]:
     """The extractors named by ``extractor`` (a name, comma-separated names, a list of names
     or extractors, or an extractor), each built with its options (see the module docs)."""
-    from beatmap_fid.extractors.base import build_extractor, extractor_infos
+    from beatmap_fid.extractors.base import build_extractor, extractor_info
 
     if isinstance(extractor, str):
         wanted: list[Any] = [n.strip() for n in extractor.split(",") if n.strip()]
@@ -50,7 +49,6 @@ def build_extractors(extractor: Any, options: dict[str, Any] | None = None) -> l
         )
     shared = {k: v for k, v in options.items() if k not in prefixed}
     built = []
-    factories = {info.name: info.factory for info in extractor_infos()}
     for item in wanted:
         if not isinstance(item, str):
             built.append(item)
@@ -61,10 +59,9 @@ def build_extractors(extractor: Any, options: dict[str, Any] | None = None) -> l
             if k in prefixed and _key(k.split(".", 1)[0]) == _key(item)
         }
         chosen = dict(shared)
-        if len(wanted) > 1 and item in factories:
-            accepted = inspect.signature(factories[item]).parameters
-            if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-                chosen = {k: v for k, v in shared.items() if k in accepted}
+        if len(wanted) > 1:
+            info = extractor_info(item)
+            chosen = {k: v for k, v in shared.items() if info.accepts(k)}
         built.append(build_extractor(item, **{**chosen, **own}))
     return built
 

@@ -1,7 +1,9 @@
 """The ``beatmap-fid`` command: one sub-command per job, each defined in a module of this package.
 
-Each module has ``register(subparsers)``, which adds its verbs with ``set_defaults(run=...)``;
-``run(args)`` returns the process exit code.
+Each module has ``VERBS`` (the verbs it adds) and ``register(subparsers)``, which adds them
+with ``set_defaults(run=...)``; ``run(args)`` returns the process exit code. A command line
+naming a verb registers only that verb's module, so a verb never waits for the imports of
+another's registration.
 """
 
 from __future__ import annotations
@@ -15,11 +17,30 @@ from collections.abc import Sequence
 from beatmap_fid._version import __version__
 from beatmap_fid.errors import BeatmapFidError
 
-VERB_MODULES = ("core", "similarity", "report", "classifier", "describe")
+VERB_MODULES = (
+    "core",
+    "references",
+    "similarity",
+    "report",
+    "heads",
+    "classifier",
+    "describe",
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every verb registered."""
+def _verb_module(argv: Sequence[str]) -> str | None:
+    """The module of the verb ``argv`` names (its first argument not starting with ``-``)."""
+    import importlib
+
+    verb = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name in VERB_MODULES:
+        if verb in importlib.import_module(f"beatmap_fid.cli.{name}").VERBS:
+            return name
+    return None
+
+
+def build_parser(modules: Sequence[str] = VERB_MODULES) -> argparse.ArgumentParser:
+    """The argument parser with the verbs of ``modules`` (default: every verb) registered."""
     import importlib
 
     parser = argparse.ArgumentParser(
@@ -29,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"beatmap_fid {__version__}")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in VERB_MODULES:
+    for name in modules:
         importlib.import_module(f"beatmap_fid.cli.{name}").register(subparsers)
     return parser
 
@@ -47,6 +68,7 @@ EXTRA_OF_MODULE = {
     "huggingface_hub": "classifier",
     "matplotlib": "plot",
     "umap": "plot",
+    "torchmetrics": "torchmetrics",
 }
 
 
@@ -61,7 +83,9 @@ def _missing_extra(error: ModuleNotFoundError) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``beatmap-fid`` and ``python -m beatmap_fid``."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module = _verb_module(argv)
+    parser = build_parser([module] if module else VERB_MODULES)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

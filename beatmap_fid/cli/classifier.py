@@ -12,6 +12,8 @@ import numpy as np
 from beatmap_fid.cli.output import add_json_flag, emit
 from beatmap_fid.errors import InputError, NonFiniteError
 
+VERBS = ("classify", "train-classifier")
+
 
 def load_mapper_names(path: str | Path) -> dict[str, str]:
     """Mapper user id (as text) → name, from the reference's ``beatmap_users.json``.

@@ -1,4 +1,5 @@
-"""Core verbs: ``stats``, ``fd``, ``fid``, ``embed`` and ``extractors``."""
+"""Core verbs: ``stats``, ``fd``, ``fid``, ``embed``, ``cache``, ``check`` and ``extractors``,
+and the arguments the verbs share (extractor, options, device, cache, verbosity)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 from beatmap_fid.cli.output import FALLBACK, add_json_flag, emit
 from beatmap_fid.errors import InputError
+
+VERBS = ("stats", "fd", "fid", "embed", "cache", "check", "extractors")
 
 
 def extractor_options_from(values: list[str] | None) -> dict[str, Any]:
@@ -29,6 +32,8 @@ def extractor_options_from(values: list[str] | None) -> dict[str, Any]:
 
 
 def add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--extractor``, ``--option``, ``--device``, ``--batch-size``, ``--quiet`` and
+    ``--verbose``; read them back with :func:`extractor_options`."""
     parser.add_argument(
         "--extractor", default="descriptors", help="feature extractor (default: descriptors)"
     )
@@ -36,10 +41,50 @@ def add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
         "--option",
         action="append",
         metavar="KEY=VALUE",
-        help="extractor option, repeatable (e.g. --option device=cpu)",
+        help="extractor option, repeatable (e.g. --option checkpoint=DIR); "
+        "see 'beatmap-fid extractors'",
     )
+    add_device_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64, help="items per batch (default 64)")
+    add_output_arguments(parser)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ...: where the model runs (extractors with a device option, "
+        "unless --option device= says otherwise) and the Fréchet distance is computed "
+        "(default: cuda if available)",
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` (no progress bars) and ``--verbose`` (every skipped input listed)."""
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="list every skipped input (default: a count per reason and the first few)",
+    )
+
+
+def extractor_options(args: argparse.Namespace, extractor: str | None = None) -> dict[str, Any]:
+    """The extractor options of a verb: its ``--option`` pairs, plus ``device`` from
+    ``--device`` for each named extractor (``--extractor a,b``) that takes one and was given
+    no ``--option device=`` (``--option NAME.device=`` with several extractors)."""
+    from beatmap_fid.extractors.base import extractor_info
+
+    options = extractor_options_from(args.option)
+    device = getattr(args, "device", None)
+    names = [n.strip() for n in (extractor or args.extractor or "").split(",") if n.strip()]
+    if device is None or "device" in options:
+        return options
+    for name in names:
+        key = "device" if len(names) == 1 else f"{name}.device"
+        if key not in options and extractor_info(name).accepts("device"):
+            options[key] = device
+    return options
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,14 +113,47 @@ def store_dir_of(args: argparse.Namespace) -> Iterator[str | None]:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    from beatmap_fid.api import store_statistics
+    from beatmap_fid.api import resolve_statistics
+    from beatmap_fid.extractors.base import build_extractor
 
-    stats = store_statistics(args.store)
+    extractor = None
+    with store_dir_of(args) as store_dir:
+        source = Path(args.source)
+        if source.suffix.lower() != ".npz" and not _is_store(source):
+            extractor = build_extractor(args.extractor, **extractor_options(args))
+        stats, summary = resolve_statistics(
+            args.source,
+            extractor,
+            store_dir=store_dir,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
     output = Path(args.output)
     stats.save(output)
-    result = {"store": args.store, "output": str(output), "n": stats.n, "dim": stats.dim}
-    emit(args, result, f"{stats.n} vectors of dimension {stats.dim} -> {output}")
+    result = {
+        "source": args.source,
+        "output": str(output),
+        "n": stats.n,
+        "dim": stats.dim,
+        "maps": summary.n_sources,
+        "extractor": extractor.name if extractor else None,
+        "skipped": _skips(summary.skipped),
+    }
+    text = f"{stats.n} vectors of dimension {stats.dim} -> {output}"
+    if summary.skipped:
+        text += "\n" + summary.skipped.summary(verbose=args.verbose)
+    emit(args, result, text)
     return 0
+
+
+def _is_store(path: Path) -> bool:
+    from beatmap_fid.api import is_store_path
+
+    return is_store_path(path)
+
+
+def _skips(skipped: Any) -> list[dict[str, str]]:
+    return [{"source": s.source, "reason": s.reason} for s in skipped.entries]
 
 
 def _run_fd(args: argparse.Namespace) -> int:
@@ -101,33 +179,81 @@ def _side_text(label: str, side: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def fid_text(
+    result: dict[str, Any],
+    skipped: dict[str, Any],
+    verbose: bool,
+    fallbacks: dict[str, Any] | None = None,
+) -> str:
+    """The readable output of ``fid``: the value, both sides, their skips by reason, the inputs
+    embedded with a fallback and the warnings."""
+    lines = [
+        f"FID ({result['extractor']}): {result['fid']:.6g}",
+        _side_text("real", result["real"]),
+        _side_text("generated", result["generated"]),
+    ]
+    for name, log in skipped.items():
+        if log:
+            lines.append(f"{name}: {log.summary(verbose=verbose)}")
+    for name, log in (fallbacks or {}).items():
+        if log:
+            lines.append(f"{name}: {log.summary(verbose=verbose, what=FALLBACK)}")
+    lines += [f"warning: {text}" for text in result["warnings"]]
+    return "\n".join(lines)
+
+
 def _run_fid(args: argparse.Namespace) -> int:
     from beatmap_fid.api import compute_fid
 
-    result = compute_fid(
+    if args.reference is not None:
+        return _run_fid_reference(args)
+    if args.generated is None:
+        raise InputError("fid needs two sets (REAL GEN), or one set and --reference NAME")
+    fid = compute_fid(
         args.real,
         args.generated,
-        extractor=args.extractor,
+        extractor=args.extractor or "descriptors",
         store_dir=args.store_dir,
         batch_size=args.batch_size,
         device=args.device,
         strict=args.strict,
         progress=not args.quiet,
         cache=not args.no_cache,
-        extractor_options=extractor_options_from(args.option),
-    ).to_dict()
-    lines = [
-        f"FID ({result['extractor']}): {result['fid']:.6g}",
-        _side_text("real", result["real"]),
-        _side_text("generated", result["generated"]),
-    ]
-    for name in ("real", "generated"):
-        for skip in result[name]["skipped"]:
-            lines.append(f"  skipped ({name}) {skip['source']}: {skip['reason']}")
-        for entry in result[name]["fallbacks"]:
-            lines.append(f"  fallback ({name}) {entry['source']}: {entry['reason']}")
-    lines += [f"warning: {text}" for text in result["warnings"]]
-    emit(args, result, "\n".join(lines))
+        extractor_options=extractor_options(args, args.extractor or "descriptors"),
+    )
+    result = fid.to_dict()
+    skipped = {"real": fid.real.skipped, "generated": fid.generated.skipped}
+    fallbacks = {"real": fid.real.fallbacks, "generated": fid.generated.fallbacks}
+    emit(args, result, fid_text(result, skipped, args.verbose, fallbacks))
+    return 0
+
+
+def _run_fid_reference(args: argparse.Namespace) -> int:
+    from beatmap_fid.references import reference_fid
+
+    if args.generated is not None:
+        raise InputError(
+            "with --reference, fid takes one set (the generated maps), "
+            f"got two: {args.real} {args.generated}"
+        )
+    given = args.extractor is not None or bool(args.option)
+    fid = reference_fid(
+        args.real,
+        args.reference,
+        extractor=args.extractor if given else None,
+        extractor_options=extractor_options(args, args.extractor or "descriptors")
+        if given
+        else None,
+        device=args.device,
+        store_dir=args.store_dir,
+        batch_size=args.batch_size,
+        strict=args.strict,
+        progress=not args.quiet,
+        cache=not args.no_cache,
+    )
+    result = fid.to_dict()
+    skipped = {"generated": fid.generated.skipped}
+    emit(args, result, fid_text(result, skipped, args.verbose))
     return 0
 
 
@@ -140,7 +266,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         args.output,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        extractor_options=extractor_options_from(args.option),
+        extractor_options=extractor_options(args),
     )
     summary = {
         "store": str(result.store_path),
@@ -152,7 +278,8 @@ def _run_embed(args: argparse.Namespace) -> int:
     }
     text = (
         f"{result.n_items} items in {result.store_path} "
-        f"({result.written} new, {result.reused} already stored)\n{result.skipped.summary()}"
+        f"({result.written} new, {result.reused} already stored)\n"
+        f"{result.skipped.summary(verbose=args.verbose)}"
     )
     if result.fallbacks:
         text += "\n" + result.fallbacks.summary(what=FALLBACK)
@@ -162,26 +289,60 @@ def _run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _option_text(value: Any) -> str:
+    """An option's default as it is written after ``--option KEY=``: text as it is, other
+    values as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def extractors_text(rows: list[dict[str, Any]], width: int = 100) -> str:
+    """The ``extractors`` listing: per extractor its name, dimension, weights, description
+    and options with their defaults."""
+    import textwrap
+
+    blocks = []
+    for row in rows:
+        dim = f"{row['dim']}-d" if row["dim"] is not None else "dimension of its backbone"
+        lines = [f"{row['name']}  ({dim}; weights: {row['weights']})"]
+        lines += textwrap.wrap(
+            row["description"], width, initial_indent="  ", subsequent_indent="  "
+        )
+        options = [f"{key}={_option_text(value)}" for key, value in row["options"].items()]
+        if row["more_options"]:
+            options.append("and the backbone's options")
+        lines += textwrap.wrap(
+            "options: " + ", ".join(options),
+            width,
+            initial_indent="  ",
+            subsequent_indent="    ",
+            break_on_hyphens=False,
+        )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def _run_extractors(args: argparse.Namespace) -> int:
     from beatmap_fid.extractors.base import extractor_infos
 
     rows = []
     for info in extractor_infos():
-        available = info.weights_available() if info.weights_available else True
+        if not info.needs_weights:
+            weights = "none needed"
+        else:
+            weights = "on disk" if info.weights_available() else "not on disk"
         rows.append(
             {
                 "name": info.name,
                 "dim": info.dim,
-                "weights_available": available,
+                "weights": weights,
                 "description": info.description,
+                "options": dict(info.options),
+                "more_options": info.more_options,
             }
         )
-    lines = [f"{'name':<20} {'dim':>6}  {'weights':<8} description"]
-    for row in rows:
-        dim = "" if row["dim"] is None else str(row["dim"])
-        weights = "local" if row["weights_available"] else "missing"
-        lines.append(f"{row['name']:<20} {dim:>6}  {weights:<8} {row['description']}")
-    emit(args, {"extractors": rows}, "\n".join(lines))
+    emit(args, {"extractors": rows}, extractors_text(rows))
     return 0
 
 
@@ -238,9 +399,15 @@ def _run_cache(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the core verbs."""
-    parser = subparsers.add_parser("stats", help="Gaussian statistics of a store -> .npz")
-    parser.add_argument("store", help="embedding store (.h5)")
+    parser = subparsers.add_parser(
+        "stats",
+        help="Gaussian statistics (mu, sigma, n) of a folder of maps or a store -> .npz, "
+        "like pytorch-fid's --save-stats",
+    )
+    parser.add_argument("source", help="folder or file (embedded first), or a store (.h5)")
     parser.add_argument("-o", "--output", required=True, help="output .npz (mu, sigma, n)")
+    add_extractor_arguments(parser)
+    add_cache_arguments(parser)
     add_json_flag(parser)
     parser.set_defaults(run=_run_stats)
 
@@ -254,13 +421,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_fd)
 
     parser = subparsers.add_parser(
-        "fid", help="FID between two folders of beatmaps (or stores, or .npz statistics)"
+        "fid",
+        help="FID between two folders of beatmaps (or stores, or .npz statistics), or between "
+        "one and a named reference",
     )
-    parser.add_argument("real", help="folder of maps, store (.h5) or statistics (.npz)")
-    parser.add_argument("generated", help="folder of maps, store (.h5) or statistics (.npz)")
+    parser.add_argument(
+        "real", help="folder of maps, store (.h5) or statistics (.npz); with --reference: GEN"
+    )
+    parser.add_argument(
+        "generated", nargs="?", help="folder of maps, store (.h5) or statistics (.npz)"
+    )
+    parser.add_argument(
+        "--reference",
+        metavar="NAME",
+        help="compare the one set given with this named reference (see 'reference list')",
+    )
     add_extractor_arguments(parser)
+    parser.set_defaults(extractor=None)  # with --reference: the reference's own extractor
     add_cache_arguments(parser)
-    parser.add_argument("--device", default=None, help="device of the Fréchet distance")
     parser.add_argument("--strict", action="store_true", help="fail when any input is skipped")
     add_json_flag(parser)
     parser.set_defaults(run=_run_fid)
@@ -293,6 +471,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json_flag(parser)
     parser.set_defaults(run=_run_cache)
 
-    parser = subparsers.add_parser("extractors", help="list the feature extractors")
+    parser = subparsers.add_parser(
+        "extractors",
+        help="list the feature extractors: dimension, weights on disk, options and defaults",
+    )
     add_json_flag(parser)
     parser.set_defaults(run=_run_extractors)

@@ -10,6 +10,8 @@ import argparse
 from beatmap_fid.cli.core import extractor_options_from
 from beatmap_fid.cli.output import add_json_flag, emit
 
+VERBS = ("describe",)
+
 
 def _run_describe(args: argparse.Namespace) -> int:
     from beatmap_fid.extractors.base import build_extractor

@@ -19,6 +19,7 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _jsonable(value: Any) -> Any:
+
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -10,18 +10,31 @@ from typing import Any
 
 from beatmap_fid.cli.core import (
     add_cache_arguments,
+    add_device_argument,
     add_extractor_arguments,
+    add_output_arguments,
+    extractor_options,
     extractor_options_from,
     store_dir_of,
 )
 from beatmap_fid.cli.output import FALLBACK, add_json_flag, emit
 from beatmap_fid.errors import InputError
 
+VERBS = ("report", "score")
+
 
 def _format(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{value:.4g}"
+
+
+def _grouped_notes(notes: dict[str, str]) -> dict[str, list[str]]:
+    """The sections left out, grouped by their (shared) reason."""
+    grouped: dict[str, list[str]] = {}
+    for name, note in notes.items():
+        grouped.setdefault(note, []).append(name)
+    return grouped
 
 
 def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
@@ -77,8 +90,14 @@ def _report_text(data: dict[str, Any], html_path: Path, top: int) -> str:
     by_mode = sorted(k for k in metrics if "@" in k and k.split("@")[0] in ("fid", "active_f1"))
     if by_mode:
         lines.append("per mode: " + ", ".join(f"{k} {_format(metrics[k])}" for k in by_mode))
-    for name, note in data["notes"].items():
-        lines.append(f"{name} not computed: {note}")
+    shares = data.get("feature_shares")
+    if shares:
+        top_features = ", ".join(
+            f"{row['feature']} {100 * row['share']:.0f}%" for row in shares["features"][:5]
+        )
+        lines.append(f"descriptor features making up the FID: {top_features}")
+    for note, names in _grouped_notes(data["notes"]).items():
+        lines.append(f"{', '.join(names)} not shown: {note}")
     lines += [f"warning: {text}" for text in data["warnings"]]
     for name in ("real", "generated"):
         skipped, fallbacks = data[name]["skipped"], data[name]["fallbacks"]
@@ -130,7 +149,7 @@ def _run_report(args: argparse.Namespace) -> int:
             seed=args.seed,
             title=args.title,
             progress=not args.quiet,
-            extractor_options=extractor_options_from(args.option),
+            extractor_options=extractor_options(args),
             **options,
         )
     summary = {
@@ -147,10 +166,14 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_score(args: argparse.Namespace) -> int:
+    from beatmap_fid.api import is_store_path
     from beatmap_fid.evaluate import copy_sources, score_source
 
-    if args.copy_to and Path(args.source).suffix.lower() in (".h5", ".hdf5") and not args.root:
+    if args.copy_to and is_store_path(args.source) and not args.root:
         raise InputError("--copy-to with a store needs --root: the folder its ids are relative to")
+    options = extractor_options_from(args.option)
+    if args.device is not None and "device" not in options:
+        options = extractor_options(args, args.extractor or _head_extractor(args.head))
     result = score_source(
         args.source,
         args.head,
@@ -159,7 +182,7 @@ def _run_score(args: argparse.Namespace) -> int:
         store_dir=args.store_dir,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        extractor_options=extractor_options_from(args.option),
+        extractor_options=options,
     )
     passing = result.passing(args.min)
     summary = result.to_dict()
@@ -177,11 +200,20 @@ def _run_score(args: argparse.Namespace) -> int:
         summary["copied"] = [str(p) for p in copied]
         lines.append(f"copied {len(copied)} files to {args.copy_to}")
     if result.skipped:
-        lines.append(result.skipped.summary())
+        lines.append(result.skipped.summary(verbose=args.verbose))
     if result.fallbacks:
         lines.append(result.fallbacks.summary(what=FALLBACK))
     emit(args, summary, "\n".join(lines))
     return 0
+
+
+def _head_extractor(head_path: str) -> str:
+    from beatmap_fid.heads import load_head
+
+    name = load_head(head_path).extractor
+    if name is None:
+        raise InputError(f"{head_path} records no extractor: pass --extractor")
+    return name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -237,7 +269,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "score", help="score a folder or store with a trained head; filter and copy"
     )
     parser.add_argument("source", help="folder or file of sources, or a store (.h5)")
-    parser.add_argument("--head", required=True, help="head file (.pt) from training a head")
+    parser.add_argument("--head", required=True, help="head file (.pt) from 'train-head'")
     parser.add_argument(
         "--extractor",
         default=None,
@@ -256,6 +288,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--copy-to", help="copy the files that pass to this folder")
     parser.add_argument("--root", help="with a store: the folder its ids are relative to")
     parser.add_argument("--top", type=int, default=0, help="print only the best N files")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_argument(parser)
+    add_output_arguments(parser)
     add_json_flag(parser)
     parser.set_defaults(run=_run_score)

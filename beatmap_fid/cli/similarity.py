@@ -16,9 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from beatmap_fid.cli.core import add_extractor_arguments, extractor_options_from
+from beatmap_fid.cli.core import (
+    add_extractor_arguments,
+    extractor_options,
+    extractor_options_from,
+)
 from beatmap_fid.cli.output import FALLBACK, add_json_flag, emit
 from beatmap_fid.errors import InputError
+
+VERBS = ("index", "search", "knn", "nearest")
 
 _ID_HEADERS = ("id", "ids", "item", "item_id")
 
@@ -144,7 +150,7 @@ def _run_search(args: argparse.Namespace) -> int:
                 f"  {rank:>3}. {neighbour['id']}  {closeness} {neighbour['distance']:.4g}{label}"
             )
     if skipped:
-        lines.append(skipped.summary())
+        lines.append(skipped.summary(verbose=args.verbose))
     emit(args, result, "\n".join(lines))
     return 0
 
@@ -231,7 +237,7 @@ def _run_nearest(args: argparse.Namespace) -> int:
         store_dir=args.store_dir,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        extractor_options=extractor_options_from(args.option),
+        extractor_options=extractor_options(args),
     )
     inputs = {}
     for name, side in (("generated", gen_side), ("real", real_side)):
@@ -261,7 +267,7 @@ def _run_nearest(args: argparse.Namespace) -> int:
         result[f"{name}_skipped"] = skip_entries(side.summary.skipped)
         result[f"{name}_fallbacks"] = skip_entries(side.summary.fallbacks)
         if side.summary.skipped:
-            text += f"\n{name}: {side.summary.skipped.summary()}"
+            text += f"\n{name}: {side.summary.skipped.summary(verbose=args.verbose)}"
         if side.summary.fallbacks:
             text += f"\n{name}: {side.summary.fallbacks.summary(what=FALLBACK)}"
     emit(args, result, text)
@@ -320,6 +326,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument(
         "--include-self", action="store_true", help="keep an id query's own item in its results"
     )
+    search.add_argument("--verbose", action="store_true", help="list every skipped query file")
     add_json_flag(search)
     search.set_defaults(run=_run_search)
 

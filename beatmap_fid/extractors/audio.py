@@ -27,8 +27,8 @@ import numpy as np
 
 from beatmap_fid.beatmap.audio import load_audio
 from beatmap_fid.errors import ExtractorError, SkipLog, SourceError
-from beatmap_fid.extractors.base import Item, register_extractor
-from beatmap_fid.extractors.efficientnet import lite0_weights_file, load_backbone
+from beatmap_fid.extractors.base import Item
+from beatmap_fid.extractors.efficientnet import load_backbone
 from beatmap_fid.extractors.images import autocast_context, check_autocast, default_device
 
 AUDIO_EXTENSIONS = frozenset({".aif", ".aiff", ".au", ".flac", ".mp3", ".ogg", ".opus", ".wav"})
@@ -301,12 +301,3 @@ def build_audio_extractor(
         batch_size=batch_size,
         autocast=autocast,
     )
-
-
-register_extractor(
-    "audio",
-    build_audio_extractor,
-    "log-mel spectrogram pictures of audio segments, embedded by EfficientNet-Lite0 or band stats",
-    dim=1280,
-    weights_available=lambda: lite0_weights_file() is not None,
-)

@@ -5,7 +5,9 @@ batches of item payloads into float32 vectors. Its JSON-able ``config`` is store
 vector it produces; its hash keeps stores made with different configurations apart.
 
 Extractors register a factory under a name; heavy imports (torch models, open_clip,
-transformers) happen inside the factory, never when ``beatmap_fid`` is imported.
+transformers) happen inside the factory, never when ``beatmap_fid`` is imported. The built-in
+extractors are described in :mod:`beatmap_fid.extractors.catalog` and their modules imported
+only when one is built.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import importlib
 import inspect
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -147,27 +149,76 @@ def extractor_batches(
 
 @dataclass(frozen=True)
 class ExtractorInfo:
-    """A registry entry: how to build an extractor and what to say about it."""
+    """A registry entry: how to build an extractor and what to say about it.
+
+    ``target`` is the factory, or ``"module:attribute"`` for built-in extractors, imported
+    only when :attr:`factory` is first used. ``options`` maps each option to its default;
+    ``more_options`` says the factory takes further options it passes on (e.g. to a
+    backbone). ``weights_check`` tells whether the default weights are on disk (None: the
+    extractor needs none).
+    """
 
     name: str
-    factory: Callable[..., Extractor]
+    target: Callable[..., Extractor] | str
     description: str
     dim: int | None = None
-    weights_available: Callable[[], bool] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    more_options: bool = False
+    weights_check: Callable[[], bool] | None = None
+
+    @property
+    def factory(self) -> Callable[..., Extractor]:
+        """The factory, imported on first use for built-in extractors."""
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    @property
+    def needs_weights(self) -> bool:
+        return self.weights_check is not None
+
+    def weights_available(self) -> bool:
+        """Whether the default weights are on disk (True when none are needed)."""
+        return self.weights_check() if self.weights_check is not None else True
+
+    def accepts(self, option: str) -> bool:
+        """Whether ``option`` may be given to this extractor's factory."""
+        return self.more_options or option in self.options
 
 
-_REGISTRY: dict[str, ExtractorInfo] = {}
+def _signature_options(factory: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
+    """Options of a factory with their defaults (None when required), and whether it takes
+    arbitrary keyword options as well."""
+    options: dict[str, Any] = {}
+    more = False
+    for parameter in inspect.signature(factory).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            more = True
+        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+            empty = parameter.default is inspect.Parameter.empty
+            options[parameter.name] = None if empty else parameter.default
+    return options, more
 
-BUILTIN_EXTRACTOR_MODULES = (
-    "beatmap_fid.extractors.descriptors",
-    "beatmap_fid.extractors.mapper_classifier",
-    "beatmap_fid.extractors.clip",
-    "beatmap_fid.extractors.efficientnet",
-    "beatmap_fid.extractors.inception",
-    "beatmap_fid.extractors.audio",
-    "beatmap_fid.extractors.beatmap_image",
-    "beatmap_fid.extractors.cm3p",
-)
+
+def _builtin_registry() -> dict[str, ExtractorInfo]:
+    from beatmap_fid.extractors.catalog import BUILTIN
+
+    return {
+        name: ExtractorInfo(
+            name,
+            entry["factory"],
+            entry["description"],
+            entry["dim"],
+            dict(entry["options"]),
+            entry.get("more_options", False),
+            entry["weights"],
+        )
+        for name, entry in BUILTIN.items()
+    }
+
+
+_REGISTRY: dict[str, ExtractorInfo] = _builtin_registry()
 
 
 def register_extractor(
@@ -177,19 +228,24 @@ def register_extractor(
     dim: int | None = None,
     weights_available: Callable[[], bool] | None = None,
 ) -> None:
-    """Make ``factory(**options)`` buildable as ``build_extractor(name, **options)``."""
-    _REGISTRY[name] = ExtractorInfo(name, factory, description, dim, weights_available)
+    """Make ``factory(**options)`` buildable as ``build_extractor(name, **options)``; its
+    options and their defaults are read from the factory's signature."""
+    options, more = _signature_options(factory)
+    _REGISTRY[name] = ExtractorInfo(
+        name, factory, description, dim, options, more, weights_available
+    )
 
 
-def _load_builtin_extractors() -> None:
-    """Import the built-in extractor modules, which register themselves."""
-    for module in BUILTIN_EXTRACTOR_MODULES:
-        importlib.import_module(module)
+def extractor_info(name: str) -> ExtractorInfo:
+    """The registry entry of ``name``; ExtractorError when no extractor has that name."""
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise ExtractorError(f"unknown extractor {name!r}; known extractors: {known}")
+    return _REGISTRY[name]
 
 
 def extractor_infos() -> list[ExtractorInfo]:
-    """Every registered extractor, sorted by name."""
-    _load_builtin_extractors()
+    """Every registered extractor, sorted by name (nothing is imported or loaded)."""
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
@@ -213,11 +269,7 @@ def build_extractor(name: str, **options: Any) -> Extractor:
     The extractor keeps them as ``build_options`` (JSON values, or None when one has no JSON
     form), which stores record so that the same extractor can be rebuilt from a store.
     """
-    _load_builtin_extractors()
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise ExtractorError(f"unknown extractor {name!r}; known extractors: {known}")
-    factory = _REGISTRY[name].factory
+    factory = extractor_info(name).factory
     parameters = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         unknown = sorted(set(options) - set(parameters))

@@ -22,7 +22,7 @@ from numba import njit
 
 from beatmap_fid.beatmap.reading import BeatmapFile, iter_beatmap_files
 from beatmap_fid.errors import ExtractorError, SkipLog
-from beatmap_fid.extractors.base import Item, build_extractor, register_extractor
+from beatmap_fid.extractors.base import Item, build_extractor
 from beatmap_fid.extractors.descriptors import (
     BEZIER_CURVE,
     CATMULL_CURVE,
@@ -218,11 +218,3 @@ class BeatmapImageExtractor:
     def embed(self, payloads: Sequence[np.ndarray]) -> np.ndarray:
         """Backbone features of rendered windows: float32 ``(n, dim)``."""
         return self.backbone.embed(list(payloads))
-
-
-register_extractor(
-    "beatmap-image",
-    BeatmapImageExtractor,
-    "osu!standard windows rendered as pictures (time as colour), embedded by EfficientNet "
-    "(default) or CLIP.",
-)

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from beatmap_fid.errors import ExtractorError, WeightsNotFoundError
-from beatmap_fid.extractors.base import register_extractor
 from beatmap_fid.extractors.images import (
     DEFAULT_MAX_PIXELS,
     ImageExtractor,
@@ -164,24 +163,3 @@ def build_clip_extractor(
         model_name=model,
         normalize=normalize,
     )
-
-
-def default_weights_cached() -> bool:
-    """Whether the default CLIP weights are already in the local Hugging Face cache."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        from open_clip import get_pretrained_cfg
-    except ImportError:
-        return False
-    repo = get_pretrained_cfg(DEFAULT_MODEL, DEFAULT_PRETRAINED).get("hf_hub", "").rstrip("/")
-    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
-
-
-register_extractor(
-    "clip",
-    build_clip_extractor,
-    "open_clip image embeddings (any architecture; pretrained tag when online or a local checkpoint)",
-    dim=DEFAULT_DIM,
-    weights_available=default_weights_cached,
-)

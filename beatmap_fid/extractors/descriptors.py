@@ -57,7 +57,7 @@ from beatmap_fid.beatmap.windows import (
     window_starts,
 )
 from beatmap_fid.errors import SkipLog, SourceError
-from beatmap_fid.extractors.base import Item, register_extractor
+from beatmap_fid.extractors.base import Item
 
 FEATURE_VERSION = 1
 
@@ -858,12 +858,3 @@ class DescriptorExtractor:
     def embed(self, payloads: Sequence[DescriptorWindow]) -> np.ndarray:
         """float32 ``(len(payloads), dim)`` descriptor vectors."""
         return descriptors(payloads)
-
-
-register_extractor(
-    "descriptors",
-    DescriptorExtractor,
-    "Interpretable per-window statistics of osu!standard beatmaps (rhythm, snapping, "
-    "spacing, angles, sliders, hitsounds, playfield use); weight-free and deterministic.",
-    dim=DIM,
-)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from beatmap_fid.errors import ExtractorError, WeightsNotFoundError
-from beatmap_fid.extractors.base import register_extractor
 from beatmap_fid.extractors.images import (
     DEFAULT_MAX_PIXELS,
     ImageExtractor,
@@ -262,12 +261,3 @@ def build_efficientnet_extractor(
         max_pixels=max_pixels,
         head=backbone.head,
     )
-
-
-register_extractor(
-    "efficientnet",
-    build_efficientnet_extractor,
-    "EfficientNet pooled image features (lite0 with offline ImageNet weights by default; b0-b7)",
-    dim=VARIANT_DIMS[DEFAULT_VARIANT],
-    weights_available=lambda: lite0_weights_file() is not None,
-)

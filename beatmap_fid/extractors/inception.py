@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from beatmap_fid.errors import ExtractorError, WeightsNotFoundError
-from beatmap_fid.extractors.base import register_extractor
 from beatmap_fid.extractors.images import (
     DEFAULT_MAX_PIXELS,
     ImageExtractor,
@@ -184,12 +183,3 @@ def build_inception_extractor(
         num_workers=default_num_workers() if num_workers is None else num_workers,
         max_pixels=max_pixels,
     )
-
-
-register_extractor(
-    "inception",
-    build_inception_extractor,
-    "FID Inception-v3 pool3 image features, as pytorch-fid computes them",
-    dim=INCEPTION_DIM,
-    weights_available=lambda: fid_helper_torchscript() is not None,
-)

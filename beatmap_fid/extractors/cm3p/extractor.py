@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from beatmap_fid.errors import ExtractorError, SkipLog, SourceError
-from beatmap_fid.extractors.base import Item, register_extractor
+from beatmap_fid.extractors.base import Item
 from beatmap_fid.extractors.cm3p.checkpoint import DEFAULT_REPO, read_checkpoint
 
 EXTRACTOR_NAME = "cm3p"
@@ -261,23 +261,3 @@ def build_cm3p(
         side=side,
         window_batch=window_batch,
     )
-
-
-def default_weights_available() -> bool:
-    """Whether the default checkpoint is in the local Hugging Face cache (no network)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    return isinstance(try_to_load_from_cache(DEFAULT_REPO, "model.safetensors"), str)
-
-
-register_extractor(
-    EXTRACTOR_NAME,
-    build_cm3p,
-    "CM3P beatmap embeddings (ModernBERT over beatmap tokens and audio), one 512-d vector per "
-    "16 s window, as calc_fid's 'FID CM3P'; options checkpoint=FOLDER or a Hugging Face repo id "
-    f"(default {DEFAULT_REPO}), precision=float32|bfloat16, side=beatmap|metadata, audio=true|false",
-    dim=512,
-    weights_available=default_weights_available,
-)

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from beatmap_fid.errors import ExtractorError, InputError, SkipLog, SourceError
-from beatmap_fid.extractors.base import Item, register_extractor
+from beatmap_fid.extractors.base import Item
 from beatmap_fid.extractors.mapper_classifier.checkpoint import (
-    CHECKPOINT_FILENAME,
     DEFAULT_REPO,
     ClassifierSettings,
     LoadedClassifier,
@@ -260,24 +259,3 @@ def build_mapper_classifier(
     return MapperClassifierExtractor(
         loaded, device=device, precision=precision, modes=modes, decoder=decoder
     )
-
-
-def default_weights_available() -> bool:
-    """Whether the default checkpoint is in the local Hugging Face cache (no network)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    cached = try_to_load_from_cache(DEFAULT_REPO, CHECKPOINT_FILENAME)
-    return isinstance(cached, str)
-
-
-register_extractor(
-    EXTRACTOR_NAME,
-    build_mapper_classifier,
-    "Mapperatorinator's mapper classifier (Whisper over audio + beatmap tokens): mean-pooled "
-    "projector output per 8.184 s window; needs the map's audio and a checkpoint "
-    f"(option checkpoint=PATH or a Hugging Face repo id, default {DEFAULT_REPO})",
-    dim=None,
-    weights_available=default_weights_available,
-)
