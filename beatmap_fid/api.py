@@ -40,8 +40,9 @@ from beatmap_fid.extractors.base import (
 )
 from beatmap_fid.frechet import frechet_distance
 from beatmap_fid.metrics.fid_uncertainty import sample_warnings
+from beatmap_fid.shards import ShardedStore, is_store_path
 from beatmap_fid.stats import GaussianStats, RunningGaussian
-from beatmap_fid.store import EmbeddingStore, StoreWriter
+from beatmap_fid.store import EmbeddingStore, StoreWriter, open_store
 
 DEFAULT_EXTRACTOR = "descriptors"
 
@@ -161,6 +162,10 @@ def embed_to_store(
     progress: bool = True,
     prune: bool = False,
     extractor_options: dict[str, Any] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
 ) -> EmbedResult:
     """Embed every item of ``source`` into the store at ``store_path``, resumably.
 
@@ -170,7 +175,30 @@ def embed_to_store(
     and their old rows dropped. With ``prune`` the store keeps only this source's rows (what
     a cache of one folder wants). Without ``store_path`` the store goes to the cache
     (:func:`store_path_for`), pruned.
+
+    ``engine="ray"`` embeds on a Ray cluster (``address``, default a local one) with
+    ``workers`` actors of ``gpus_per_worker`` GPUs each, into a sharded store: ``store_path``
+    is then a folder (see :func:`beatmap_fid.distributed.embed_sharded`).
     """
+    if engine != "local":
+        from beatmap_fid.distributed import embed_sharded
+
+        if engine != "ray":
+            raise InputError(f"unknown engine {engine!r}; choose 'local' or 'ray'")
+        if store_path is None or prune:
+            raise InputError("engine='ray' writes a sharded store: pass store_path, a folder")
+        return embed_sharded(
+            source,
+            extractor,
+            store_path,
+            engine="ray",
+            address=address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            batch_size=batch_size,
+            progress=progress,
+            extractor_options=extractor_options,
+        )
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, **(extractor_options or {}))
     source = Path(source)
@@ -234,10 +262,11 @@ def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -
     """Gaussian statistics of a store's rows (only those whose id is in ``ids`` when given).
 
     Statistics of a whole store are cached beside it as ``<store>.stats.npz`` and reused while
-    the store file is unchanged.
+    the store file is unchanged; a sharded store gives the merged statistics its manifest
+    names.
     """
     store_path = Path(store_path)
-    with EmbeddingStore(store_path) as store:
+    with open_store(store_path) as store:
         keep = None
         if ids is not None:
             wanted = set(ids)
@@ -251,6 +280,8 @@ def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -
                 if mask.any():
                     running.update(block[mask])
             return running.result()
+        if isinstance(store, ShardedStore):
+            return store.statistics()  # merged from the shards' partial statistics
         cache = store_path.with_name(store_path.name + ".stats.npz")
         key = _stats_cache_key(store_path, store)
         if cache.exists():
@@ -322,9 +353,9 @@ def resolve_statistics(
     if path.suffix == ".npz" and path.is_file():
         stats = GaussianStats.load(path)
         return stats, SideSummary(str(path), "statistics", None, stats.n)
-    if path.suffix in {".h5", ".hdf5"} and path.is_file():
+    if is_store_path(path) and path.exists():
         stats = store_statistics(path)
-        with EmbeddingStore(path) as store:
+        with open_store(path) as store:
             n_sources = len({map_id(item_id) for item_id in store.ids})
         return stats, SideSummary(str(path), "store", n_sources, stats.n, str(path))
     if not path.exists():

@@ -43,14 +43,14 @@ from beatmap_fid.errors import (
     SourceError,
 )
 from beatmap_fid.extractors.base import Extractor, build_extractor, config_hash, map_id
+from beatmap_fid.shards import STORE_TYPES, ShardedStore, is_store_path
 from beatmap_fid.stats import GaussianStats
-from beatmap_fid.store import EmbeddingStore
+from beatmap_fid.store import EmbeddingStore, open_store
 
 DEFAULT_METRICS = ("fid", "fid_ci", "kid", "prdc")
 """Metrics of :func:`evaluate` when none are named (plus ``"rhythm"``, see :func:`rhythm_applies`)."""
 RHYTHM = "rhythm"
 KID_SUBSET_SIZE = 1000
-_STORE_SUFFIXES = (".h5", ".hdf5")
 
 
 @dataclass
@@ -111,7 +111,7 @@ def _is_path(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike))
 
 
-def _store_side(store: EmbeddingStore) -> EvalSide:
+def _store_side(store: EmbeddingStore | ShardedStore) -> EvalSide:
     ids = store.ids
     summary = SideSummary(
         str(store.path),
@@ -140,7 +140,7 @@ def load_side(
     ``need_vectors=False`` lets folders and stores give cached statistics instead
     (:func:`beatmap_fid.api.resolve_statistics`), which is all FID needs.
     """
-    if isinstance(source, EmbeddingStore):
+    if isinstance(source, STORE_TYPES):
         return _store_side(source)
     if isinstance(source, GaussianStats) or (
         _is_path(source) and Path(source).suffix.lower() == ".npz"
@@ -159,8 +159,8 @@ def load_side(
             raise InputError(
                 f"{path} does not exist (expected a folder, a file, a store or a .npz)"
             )
-        if path.suffix.lower() in _STORE_SUFFIXES and path.is_file():
-            with EmbeddingStore(path) as store:
+        if is_store_path(path):
+            with open_store(path) as store:
                 if need_vectors:
                     return _store_side(store)
                 extractor_name, hash_ = store.extractor, store.config_hash
@@ -231,7 +231,7 @@ def load_sides(
     """Both sides via :func:`load_side`, the extractor built once (only when a side needs it),
     checked to come from the same extractor configuration."""
     needs_extractor = any(
-        _is_path(s) and Path(s).suffix.lower() not in (*_STORE_SUFFIXES, ".npz")
+        _is_path(s) and not is_store_path(s) and Path(s).suffix.lower() != ".npz"
         for s in (real, generated)
     )
     if isinstance(extractor, str) and needs_extractor:
@@ -497,9 +497,9 @@ def score_source(
     skipped = SkipLog()
     store_path: Path
     features: Any
-    if path.suffix.lower() in _STORE_SUFFIXES and path.is_file():
+    if is_store_path(path) and path.exists():
         store_path = features = path  # a store given as such: the head checks its config
-        with EmbeddingStore(path) as store:
+        with open_store(path) as store:
             ids = [str(i) for i in store.ids]
     else:
         name = extractor or head.extractor

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from beatmap_fid._version import __version__
 from beatmap_fid.errors import BeatmapFidError
 
-VERB_MODULES = ("core", "similarity", "report", "classifier", "describe")
+VERB_MODULES = ("core", "similarity", "report", "classifier", "describe", "scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +47,8 @@ EXTRA_OF_MODULE = {
     "huggingface_hub": "classifier",
     "matplotlib": "plot",
     "umap": "plot",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from beatmap_fid.cli.output import add_json_flag, emit
+from beatmap_fid.cli.scale import add_engine_arguments
 from beatmap_fid.errors import InputError
 
 
@@ -137,6 +138,10 @@ def _run_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         extractor_options=extractor_options_from(args.option),
+        engine=args.engine,
+        address=args.address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
     )
     summary = {
         "store": str(result.store_path),
@@ -199,7 +204,7 @@ def _run_cache(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the core verbs."""
     parser = subparsers.add_parser("stats", help="Gaussian statistics of a store -> .npz")
-    parser.add_argument("store", help="embedding store (.h5)")
+    parser.add_argument("store", help="embedding store (.h5) or sharded store (folder)")
     parser.add_argument("-o", "--output", required=True, help="output .npz (mu, sigma, n)")
     add_json_flag(parser)
     parser.set_defaults(run=_run_stats)
@@ -227,8 +232,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser("embed", help="embed a folder or file into a store (resumable)")
     parser.add_argument("source", help="folder or file")
-    parser.add_argument("-o", "--output", required=True, help="output store (.h5)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output store (.h5); with --engine ray a folder"
+    )
     add_extractor_arguments(parser)
+    add_engine_arguments(parser, gpus=True)
     parser.add_argument("--strict", action="store_true", help="exit 1 when any input is skipped")
     add_json_flag(parser)
     parser.set_defaults(run=_run_embed)

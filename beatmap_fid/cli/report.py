@@ -141,8 +141,9 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def _run_score(args: argparse.Namespace) -> int:
     from beatmap_fid.evaluate import copy_sources, score_source
+    from beatmap_fid.shards import is_store_path
 
-    if args.copy_to and Path(args.source).suffix.lower() in (".h5", ".hdf5") and not args.root:
+    if args.copy_to and is_store_path(args.source) and not args.root:
         raise InputError("--copy-to with a store needs --root: the folder its ids are relative to")
     result = score_source(
         args.source,
