@@ -22,6 +22,7 @@ this process with one worker.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -201,6 +202,13 @@ class ShardWorker:
         return self.extractor.beatmap_items(beatmap_file, skipped)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        try:
+            return self._process(batch)
+        except BaseException:
+            self.close()  # let go of the shard: the run stops, and the next one reads it
+            raise
+
+    def _process(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         skipped = SkipLog()
         reused: list[tuple[str, str]] = []
         pending: list[Item] = []
@@ -300,22 +308,39 @@ def _worker_errors_explained(
     outputs: Iterable[dict[str, np.ndarray]],
 ) -> Iterator[dict[str, np.ndarray]]:
     """``outputs``, with a worker's failure raised as the library error it was (a bad option,
-    a missing model), or else as one :class:`WorkerError` line."""
+    a missing model), or else as one :class:`WorkerError` line.
+
+    The error is raised without Ray's exception attached: that exception's traceback holds
+    the failed dataset, whose workers (and the CPUs or GPUs they hold) are released only when
+    nothing refers to it any more, which a later run in this process needs.
+    """
+    failure: BeatmapFidError | None = None
     try:
         yield from outputs
     except BeatmapFidError:
         raise
     except Exception as error:  # Ray wraps what a worker raised in its own exceptions
-        cause: BaseException | None = error
-        while cause is not None:
-            if isinstance(cause, BeatmapFidError):
-                raise cause from error
-            cause = cause.__cause__
-        first = str(error).strip().splitlines()
-        raise WorkerError(
-            f"a worker failed: {type(error).__name__}: {first[-1] if first else ''}; every "
-            "batch committed so far is kept, run again to resume"
-        ) from error
+        failure = _explained(error)
+        del error
+    if failure is not None:
+        gc.collect()
+        raise failure
+
+
+def _explained(error: BaseException) -> BeatmapFidError:
+    """The library error behind ``error``, or a :class:`WorkerError` naming its root cause."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and all(cause is not seen for seen in chain):
+        if isinstance(cause, BeatmapFidError):
+            return type(cause)(*cause.args)
+        chain.append(cause)
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    lines = str(chain[-1]).strip().splitlines()
+    return WorkerError(
+        f"a worker failed: {type(chain[-1]).__name__}: {lines[0] if lines else ''}; every "
+        "batch committed so far is kept, run again to resume (Ray's logs hold the traceback)"
+    )
 
 
 def _init_ray(address: str | None, workers: int | None) -> Any:
@@ -360,6 +385,7 @@ def _outputs_ray(
     ray = _init_ray(address, None if address else workers)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
+    context.raise_original_map_exception = True  # a worker's own error, not Ray's wrapper
     if not progress:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     n_blocks = max(1, min(len(units), workers * 16))
