@@ -26,6 +26,7 @@ from beatmap_fid.knn import (
 )
 from beatmap_fid.metrics import METRICS, fd_infinity, fid_confidence_interval
 from beatmap_fid.report import build_report
+from beatmap_fid.shards import ShardedStore
 from beatmap_fid.stats import GaussianStats, RunningGaussian, gaussian_stats
 from beatmap_fid.store import EmbeddingStore, StoreWriter, merge_stores, open_store
 
@@ -38,6 +39,7 @@ __all__ = [
     "GaussianStats",
     "KNNClassifier",
     "RunningGaussian",
+    "ShardedStore",
     "SkipLog",
     "StoreWriter",
     "StreamingFID",

@@ -82,7 +82,7 @@ class EmbedResult:
 
     def vectors(self) -> np.ndarray:
         """float32 vectors of :attr:`ids`, in that order, read from the store."""
-        with EmbeddingStore(self.store_path) as store:
+        with open_store(self.store_path) as store:
             row_of = {item_id: row for row, item_id in enumerate(store.ids)}
             return store.vectors(np.array([row_of[i] for i in self.ids], dtype=np.int64))
 

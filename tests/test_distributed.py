@@ -188,3 +188,23 @@ def test_index_filled_by_ray_tasks_equals_one_process_with_the_same_quantizer(tm
     found_d, found_rows = loaded.index.search(queries, 10)
     np.testing.assert_array_equal(found_rows, rows)
     np.testing.assert_array_equal(found_d, distances)
+
+
+@pytest.mark.gpu
+def test_gpu_workers_embed_images_as_the_cpu_does(tmp_path):
+    from test_shards import write_photos
+
+    photos = write_photos(tmp_path / "photos")
+    cpu = embed_to_store(
+        photos, "efficientnet", tmp_path / "cpu.h5", progress=False,
+        extractor_options={"device": "cpu", "num_workers": 0},
+    )  # fmt: skip
+    gpu = embed_sharded(
+        photos, "efficientnet", tmp_path / "gpu", workers=1, gpus_per_worker=1, progress=False,
+        extractor_options={"device": "cuda", "num_workers": 0},
+    )  # fmt: skip
+    assert sorted(gpu.ids) == sorted(cpu.ids)
+    with open_store(tmp_path / "gpu") as store, EmbeddingStore(tmp_path / "cpu.h5") as one:
+        row = {item_id: r for r, item_id in enumerate(store.ids)}
+        on_gpu = store.vectors([row[i] for i in one.ids])
+        np.testing.assert_allclose(on_gpu, one.vectors(), rtol=1e-2, atol=1e-3)

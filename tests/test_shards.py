@@ -311,6 +311,35 @@ def test_local_engine_equals_embedding_into_one_store_and_resumes(sets, tmp_path
         assert_stats_close(store.statistics(), reference.statistics())
 
 
+def write_photos(root: Path) -> Path:
+    """Small real photographs in class folders, and one file that is not an image."""
+    from PIL import Image
+    from skimage import data
+
+    for name, label in (("chelsea", "cats"), ("cat", "cats"), ("coffee", "drinks"),
+                        ("rocket", "things"), ("astronaut", "people")):  # fmt: skip
+        (root / label).mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(getattr(data, name)())
+        image.thumbnail((96, 96))
+        image.save(root / label / f"{name}.jpg", quality=95)
+    (root / "things" / "broken.jpg").write_text("not a picture")
+    return root
+
+
+def test_local_engine_embeds_images_as_one_store_does(tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    options = {"device": "cpu", "num_workers": 0}
+    single = embed_to_store(photos, "efficientnet", tmp_path / "one.h5", progress=False, extractor_options=options)  # fmt: skip
+    sharded = embed_sharded(photos, "efficientnet", tmp_path / "sharded", engine="local", units_per_batch=2, progress=False, extractor_options=options)  # fmt: skip
+    assert sorted(sharded.ids) == sorted(single.ids) and len(single.ids) == 5
+    assert [s.source for s in sharded.skipped.entries] == ["things/broken.jpg"]
+    with open_store(tmp_path / "sharded") as store, EmbeddingStore(tmp_path / "one.h5") as one:
+        row = {item_id: r for r, item_id in enumerate(store.ids)}
+        order = [row[i] for i in one.ids]
+        assert store.labels[order].tolist() == one.labels.tolist()
+        np.testing.assert_allclose(store.vectors(order), one.vectors(), rtol=1e-4, atol=1e-5)
+
+
 # -- IVF indexes merged on disk --------------------------------------------------------------
 
 
