@@ -38,19 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from beatmap_fid.api import EmbedResult
+from beatmap_fid.api import EmbedResult, StoreSession, embed_beatmaps
 from beatmap_fid.errors import (
     BeatmapFidError,
     ConfigMismatchError,
     InputError,
     SkipLog,
-    SourceError,
     WorkerError,
 )
 from beatmap_fid.extractors.base import (
     Extractor,
-    Fingerprinter,
-    Item,
     build_extractor,
     config_hash,
     extractor_batches,
@@ -64,7 +61,6 @@ from beatmap_fid.shards import (
     save_partial,
 )
 from beatmap_fid.stats import RunningGaussian
-from beatmap_fid.store import StoreWriter
 
 ENGINES = ("local", "ray")
 PARTIAL_EVERY_S = 10.0
@@ -168,7 +164,8 @@ def _shard_name() -> str:
 
 
 class ShardWorker:
-    """One worker: an extractor built once and a shard of its own, opened on the first write.
+    """One worker: an extractor built once and a shard of its own, written through a
+    :class:`~beatmap_fid.api.StoreSession` (the path of single-process embedding).
 
     Called with a batch of work-list rows (columns ``key``, ``path``, ``item``, ``held``), it
     returns one row per item it has a vector for (``kind`` "row": id, fingerprint, whether it
@@ -176,30 +173,13 @@ class ShardWorker:
     """
 
     def __init__(self, folder: str, spec: ExtractorSpec, root: str, batch_size: int = 64) -> None:
-        from beatmap_fid.embed_many import extractor_modes
-
         self.extractor = spec.build()
         self.folder = Path(folder)
         self.root = Path(root)
         self.batch_size = batch_size
-        self.modes = extractor_modes(self.extractor) if is_beatmap_extractor(self.extractor) else ()
-        self.fingerprint = Fingerprinter(self.extractor.config)
         self.shard = self.folder / SHARD_DIR / _shard_name()
-        self.writer: StoreWriter | None = None
-        self.running = RunningGaussian(self.extractor.dim)
+        self.session: StoreSession | None = None
         self._saved_at = time.monotonic()
-
-    def _unit_items(self, key: str, path: str, blob: bytes, skipped: SkipLog) -> list[Item]:
-        if blob:
-            return [pickle.loads(blob)]
-        from beatmap_fid.beatmap.reading import read_beatmap_file
-
-        try:
-            beatmap_file = read_beatmap_file(path, root=self.root, modes=self.modes)
-        except SourceError as error:
-            skipped.add(key, str(error))
-            return []
-        return self.extractor.beatmap_items(beatmap_file, skipped)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         try:
@@ -210,89 +190,55 @@ class ShardWorker:
 
     def _process(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         skipped = SkipLog()
-        reused: list[tuple[str, str]] = []
-        pending: list[Item] = []
-        prints: dict[str, str] = {}
-        for key, path, blob, held_json in zip(
-            batch["key"], batch["path"], batch["item"], batch["held"]
-        ):
-            held = json.loads(held_json)
-            for item in self._unit_items(str(key), str(path), bytes(blob), skipped):
-                try:
-                    value = self.fingerprint(item) or ""
-                except SourceError as error:
-                    skipped.add(item.id, str(error))
-                    continue
-                stored = held.get(item.id)
-                if stored is not None and (not value or stored == value):
-                    reused.append((item.id, stored))
-                    continue
-                prints[item.id] = value
-                pending.append(item)
-        written = self._write(pending, prints, skipped)
-        rows = reused + [(item_id, prints[item_id]) for item_id in written]
+        if self.session is None:
+            self.session = StoreSession(self.extractor, self.shard, skipped)
+            self.session.running = RunningGaussian(self.extractor.dim)
+        session = self.session
+        session.skipped = skipped
+        session.held_elsewhere = {
+            item_id: value for held in batch["held"] for item_id, value in json.loads(held).items()
+        }
+        first, first_new = len(session.ids), len(session.new_ids)
+        if is_beatmap_extractor(self.extractor):
+            paths = [Path(str(path)) for path in batch["path"]]
+            embed_beatmaps(
+                self.root, [session], batch_size=self.batch_size, progress=False, paths=paths
+            )
+        else:
+            items = session.new_items(pickle.loads(bytes(blob)) for blob in batch["item"])
+            for chunk in extractor_batches(self.extractor, items, self.batch_size, skipped):
+                session.write(chunk)
+        fresh = set(session.new_ids[first_new:])
+        rows = session.ids[first:]
+        if fresh:
+            small = self.extractor.dim <= _SMALL_SCATTER
+            if small or time.monotonic() - self._saved_at >= PARTIAL_EVERY_S:
+                self._save_partial()
         return {
             "kind": np.array(["row"] * len(rows) + ["skip"] * len(skipped), dtype=object),
-            "id": np.array([r[0] for r in rows] + [str(s.source) for s in skipped.entries], object),
-            "fingerprint": np.array([r[1] for r in rows] + [""] * len(skipped), dtype=object),
-            "written": np.array(
-                [False] * len(reused) + [True] * len(written) + [False] * len(skipped)
+            "id": np.array(rows + [str(s.source) for s in skipped.entries], dtype=object),
+            "fingerprint": np.array(
+                [session.fingerprint(i) or "" for i in rows] + [""] * len(skipped), dtype=object
             ),
+            "written": np.array([i in fresh for i in rows] + [False] * len(skipped), dtype=bool),
             "reason": np.array([""] * len(rows) + [s.reason for s in skipped.entries], object),
         }
 
-    def _write(self, items: list[Item], prints: dict[str, str], skipped: SkipLog) -> list[str]:
-        """Embed ``items`` and append them to the shard in one commit; their ids."""
-        ids: list[str] = []
-        vectors: list[np.ndarray] = []
-        labels: list[str] = []
-        counts: list[int | None] = []
-        seen: set[str] = set()
-        for batch in extractor_batches(self.extractor, items, self.batch_size, skipped):
-            batch = [item for item in batch if item.id not in seen]
-            if not batch:
-                continue
-            seen.update(item.id for item in batch)
-            vectors.append(np.asarray(self.extractor.embed([item.payload for item in batch])))
-            ids += [item.id for item in batch]
-            labels += [item.label or "" for item in batch]
-            counts += [item.n_events for item in batch]
-        if not ids:
-            return []
-        if self.writer is None:
-            extractor = self.extractor
-            self.writer = StoreWriter(self.shard, extractor.name, extractor.config, extractor.dim)
-        array = np.concatenate(vectors)
-        count = self.writer.append(
-            ids,
-            array,
-            labels if any(labels) else None,
-            fingerprints=[prints[i] or None for i in ids],
-            n_events=counts,
-        )
-        if count != len(ids):  # a fresh shard holds none of them: every row is new
-            raise RuntimeError(f"{self.shard}: {count} of {len(ids)} rows written")
-        self.running.update(array)
-        small = self.extractor.dim <= _SMALL_SCATTER
-        if small or time.monotonic() - self._saved_at >= PARTIAL_EVERY_S:
-            self._save_partial()
-        return ids
-
     def _save_partial(self) -> None:
-        if self.writer is None:
+        if self.session is None or self.session.running is None or not self.session.new_ids:
             return
-        save_partial(partial_path_of(self.shard), self.running, self.writer.commits)
+        save_partial(partial_path_of(self.shard), self.session.running, self.session.commits)
         self._saved_at = time.monotonic()
 
     def close(self) -> None:
         """Save the partial statistics and close the shard (idempotent)."""
-        if self.writer is None:
+        if self.session is None:
             return
         try:
             self._save_partial()
         finally:
-            self.writer.close()
-            self.writer = None
+            self.session.close()
+            self.session = None
 
     def __del__(self) -> None:  # Ray Data deletes the worker when the pool shuts down
         try:

@@ -47,7 +47,7 @@ from beatmap_fid.errors import (
     StoreLockedError,
 )
 from beatmap_fid.stats import GaussianStats, RunningGaussian
-from beatmap_fid.store import NOT_COUNTED, EmbeddingStore, StoreWriter
+from beatmap_fid.store import COMMIT_COLUMNS, NOT_COUNTED, EmbeddingStore, StoreWriter
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "beatmap_fid.sharded_store"
@@ -86,7 +86,8 @@ def is_store_path(path: Any) -> bool:
 
 def commits_checksum(commits: np.ndarray) -> str:
     """Checksum of a store's commit table (end row and row checksums of every batch)."""
-    table = np.ascontiguousarray(np.asarray(commits, dtype=np.uint64).reshape(-1, 3), "<u8")
+    width = len(COMMIT_COLUMNS)
+    table = np.ascontiguousarray(np.asarray(commits, dtype=np.uint64).reshape(-1, width), "<u8")
     return hashlib.blake2b(table.tobytes(), digest_size=16).hexdigest()
 
 
@@ -332,12 +333,16 @@ class ShardedStore:
     def commits(self) -> np.ndarray:
         """Committed batches of every shard, end rows counted over the whole store."""
         parts = self._column("commits", lambda store: store.commits)
+        width = len(COMMIT_COLUMNS)
         tables = []
+        sources = np.uint64(0)
         for start, part in zip(self._starts[:-1], parts):
-            table = np.array(part, dtype=np.uint64).reshape(-1, 3)
+            table = np.array(part, dtype=np.uint64).reshape(-1, width)
             table[:, 0] += np.uint64(start)
+            table[:, 1] += sources
+            sources = table[-1, 1] if len(table) else sources
             tables.append(table)
-        return np.concatenate(tables) if tables else np.zeros((0, 3), dtype=np.uint64)
+        return np.concatenate(tables) if tables else np.zeros((0, width), dtype=np.uint64)
 
     # -- vectors
 
