@@ -56,11 +56,12 @@ from beatmap_fid.extractors.base import (
 from beatmap_fid.shards import (
     SHARD_DIR,
     finalize_shards,
-    open_when_free,
+    free_shards,
     partial_path_of,
     save_partial,
 )
 from beatmap_fid.stats import RunningGaussian
+from beatmap_fid.store import EmbeddingStore
 
 ENGINES = ("local", "ray")
 PARTIAL_EVERY_S = 10.0
@@ -103,11 +104,12 @@ def _shard_paths(folder: Path) -> list[Path]:
 
 def held_rows(folder: Path, extractor: Extractor) -> dict[str, str]:
     """``id -> fingerprint`` of the committed rows of every shard in ``folder`` (the newest
-    shard's row where an id is in several). Shards of another configuration raise."""
+    shard's row where an id is in several). Shards of another configuration raise; shards a
+    live writer still holds are left out, with a warning (:func:`free_shards`)."""
     wanted = config_hash(extractor.config)
     held: dict[str, str] = {}
-    for path in _shard_paths(folder):
-        with open_when_free(path, WAIT_S) as store:
+    for path in free_shards(_shard_paths(folder), WAIT_S, since_ns=time.time_ns()):
+        with EmbeddingStore(path) as store:
             if (store.extractor, store.config_hash) != (extractor.name, wanted):
                 raise ConfigMismatchError(
                     f"{folder} holds shards of extractor {store.extractor!r} with config hash "
@@ -356,7 +358,21 @@ def _outputs_ray(
             max_task_retries=MAX_RESTARTS,
             **resources,
         )
-    yield from embedded.iter_batches(batch_size=None, batch_format="numpy")
+    try:
+        yield from embedded.iter_batches(batch_size=None, batch_format="numpy")
+    except BaseException:
+        _stop_workers(embedded)
+        raise
+
+
+def _stop_workers(dataset: Any) -> None:
+    """Stop the workers of a failed run at once: Ray Data otherwise keeps its actors (their
+    CPUs, GPUs and open shards) alive after the error, and a re-run in this process would
+    wait for them. A killed worker's shard keeps every batch it committed. The executor is
+    not public in Ray Data, hence the guarded look-up."""
+    executor = getattr(dataset, "_current_executor", None)
+    if executor is not None:
+        executor.shutdown(force=True)
 
 
 def embed_sharded(
@@ -401,6 +417,7 @@ def embed_sharded(
     if workers < 1 or gpus_per_worker < 0 or batch_size < 1:
         raise InputError("workers and batch_size must be at least 1, gpus_per_worker at least 0")
     (folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    started_ns = time.time_ns()
     held = held_rows(folder, built)
     skipped = SkipLog()
     units = work_units(source, built, held, skipped)
@@ -441,6 +458,8 @@ def embed_sharded(
             if fresh:
                 written += 1
                 replaced += str(item_id) in held
-    finalize_shards(folder, current, extractor=built, wait_s=WAIT_S, progress=progress)
+    finalize_shards(
+        folder, current, extractor=built, wait_s=WAIT_S, since_ns=started_ns, progress=progress
+    )
     ids = list(current)
     return EmbedResult(folder, ids, written, len(ids) - written, skipped, replaced)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -442,6 +443,30 @@ def open_when_free(path: Path, wait_s: float) -> Iterator[EmbeddingStore]:
         yield store
 
 
+def shard_created_ns(path: Path) -> int:
+    """When a shard was created, from its name (nanoseconds since 1970; 0 if unnamed so)."""
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def free_shards(paths: Sequence[Path], wait_s: float, since_ns: int = 0) -> list[Path]:
+    """``paths`` less the shards a live writer still holds, with a warning for each.
+
+    Shards created at or after ``since_ns`` (this run's) are waited for up to ``wait_s``;
+    older ones (a worker of an earlier run in this process that Ray has not stopped yet, or
+    another run) are left out at once: their rows are embedded again, and a later run that
+    finds them closed keeps one row per id.
+    """
+    free = []
+    for path in paths:
+        try:
+            with open_when_free(path, wait_s if shard_created_ns(path) >= since_ns else 0.0):
+                free.append(path)
+        except StoreLockedError as error:
+            warnings.warn(f"left out: {error}", RuntimeWarning, stacklevel=2)
+    return free
+
+
 def _remove_shard(path: Path) -> None:
     for stale in (path, partial_path_of(path)):
         stale.unlink(missing_ok=True)
@@ -453,6 +478,7 @@ def finalize_shards(
     *,
     extractor: Any = None,
     wait_s: float = 120.0,
+    since_ns: int = 0,
     progress: bool = False,
 ) -> Path:
     """Write the manifest of the shards in ``folder/shards``; returns its path.
@@ -461,12 +487,13 @@ def finalize_shards(
     rows of an id whose fingerprint differs are dropped (their files changed); of the rows
     left, the one in the newest shard (shard names sort by time) is kept. Shards holding
     dropped rows are rewritten; shards left empty are removed. Writers still holding a shard
-    are waited for up to ``wait_s`` seconds. Shards of another extractor configuration raise
+    are waited for up to ``wait_s`` seconds, those created before ``since_ns`` not at all
+    (:func:`free_shards`: one still held is left out of the manifest). Shards of another extractor configuration raise
     ConfigMismatchError (or DimensionMismatchError). ``extractor`` (anything with ``name``,
     ``config`` and ``dim``) names the configuration of a folder without shards.
     """
     folder = Path(folder)
-    paths = sorted((folder / SHARD_DIR).glob("*.h5"))
+    paths = free_shards(sorted((folder / SHARD_DIR).glob("*.h5")), wait_s, since_ns)
     reference: tuple[str, dict[str, Any], str, int] | None = None
     if extractor is not None:
         from beatmap_fid.extractors.base import config_hash
@@ -477,7 +504,7 @@ def finalize_shards(
         raise InputError(f"{folder} holds no shards ({SHARD_DIR}/*.h5)")
     columns: list[tuple[np.ndarray, np.ndarray]] = []
     for path in paths:
-        with open_when_free(path, wait_s) as store:
+        with EmbeddingStore(path) as store:
             identity = (store.extractor, store.config, store.config_hash, store.dim)
             if reference is None:
                 reference = identity
