@@ -296,7 +296,15 @@ def _init_ray(address: str | None, workers: int | None) -> Any:
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as error:
+                lines = str(error).strip().splitlines()
+                raise InputError(
+                    f"cannot connect to the Ray cluster at {address}: "
+                    f"{lines[0] if lines else type(error).__name__} (is it running? with "
+                    "token authentication, set RAY_AUTH_MODE=token and the cluster's token)"
+                ) from None
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     return ray
@@ -358,21 +366,7 @@ def _outputs_ray(
             max_task_retries=MAX_RESTARTS,
             **resources,
         )
-    try:
-        yield from embedded.iter_batches(batch_size=None, batch_format="numpy")
-    except BaseException:
-        _stop_workers(embedded)
-        raise
-
-
-def _stop_workers(dataset: Any) -> None:
-    """Stop the workers of a failed run at once: Ray Data otherwise keeps its actors (their
-    CPUs, GPUs and open shards) alive after the error, and a re-run in this process would
-    wait for them. A killed worker's shard keeps every batch it committed. The executor is
-    not public in Ray Data, hence the guarded look-up."""
-    executor = getattr(dataset, "_current_executor", None)
-    if executor is not None:
-        executor.shutdown(force=True)
+    yield from embedded.iter_batches(batch_size=None, batch_format="numpy")
 
 
 def embed_sharded(
