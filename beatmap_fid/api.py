@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,21 +44,12 @@ from beatmap_fid.extractors.base import (
 )
 from beatmap_fid.frechet import frechet_distance
 from beatmap_fid.metrics.fid_uncertainty import sample_warnings
+from beatmap_fid.shards import ShardedStore, is_store_path
 from beatmap_fid.stats import GaussianStats, RunningGaussian
 from beatmap_fid.store import EmbeddingStore, StoreWriter, open_store
 
 DEFAULT_EXTRACTOR = "descriptors"
 STORE_SUFFIXES = (".h5", ".hdf5")
-
-
-def is_store_path(source: Any) -> bool:
-    """Whether ``source`` names an embedding store (rather than a folder of sources or a
-    ``.npz``). Every verb and :func:`resolve_statistics` decide with this one function, and
-    open what it accepts with :func:`beatmap_fid.store.open_store`."""
-    if not isinstance(source, str | os.PathLike):
-        return False
-    path = Path(source)
-    return path.suffix.lower() in STORE_SUFFIXES and path.is_file()
 
 
 def default_store_dir() -> Path:
@@ -99,7 +90,7 @@ class EmbedResult:
 
     def vectors(self) -> np.ndarray:
         """float32 vectors of :attr:`ids`, in that order, read from the store."""
-        with EmbeddingStore(self.store_path) as store:
+        with open_store(self.store_path) as store:
             row_of = {item_id: row for row, item_id in enumerate(store.ids)}
             return store.vectors(np.array([row_of[i] for i in self.ids], dtype=np.int64))
 
@@ -115,6 +106,10 @@ class StoreSession:
     later run (a resume after a kill) skips the file without reading it
     (:meth:`is_complete`, :meth:`reuse_source`). A file embedded with a fallback is never
     recorded complete: later runs read it again, so that they report its fallback too.
+
+    A worker writing one shard of a sharded store sets :attr:`held_elsewhere` (id →
+    fingerprint of the rows other shards hold: those count as stored) and :attr:`running`
+    (partial statistics every written vector is folded into).
     """
 
     def __init__(self, extractor: Extractor, store_path: Path, skipped: SkipLog) -> None:
@@ -122,7 +117,10 @@ class StoreSession:
         self.store_path = store_path
         self.skipped = skipped
         self.ids: list[str] = []
+        self.new_ids: list[str] = []  # the ids written by this session, in order
         self.written = self.reused = self.replaced = 0
+        self.held_elsewhere: Mapping[str, str] = {}
+        self.running: RunningGaussian | None = None
         self._fingerprint = Fingerprinter(extractor.config)
         self._prints: dict[str, str | None] = {}
         self._fallbacks_before = self._fallbacks_scanned = len(extractor_fallbacks(extractor))
@@ -165,11 +163,25 @@ class StoreSession:
             except SourceError as error:
                 self.skipped.add(item.id, str(error))
                 continue
-            if self._writer.holds(item.id, self._prints[item.id]):
+            if self._writer.holds(item.id, self._prints[item.id]) or self._held_elsewhere(item.id):
                 self.reused += 1
                 self.ids.append(item.id)
                 continue
             yield item
+
+    def _held_elsewhere(self, item_id: str) -> bool:
+        stored = self.held_elsewhere.get(item_id)
+        fingerprint = self._prints[item_id]
+        return stored is not None and (not fingerprint or stored == fingerprint)
+
+    def fingerprint(self, item_id: str) -> str | None:
+        """Fingerprint of an item offered to :meth:`new_items` (None: it has none)."""
+        return self._prints.get(item_id)
+
+    @property
+    def commits(self) -> np.ndarray:
+        """The store's committed batches (:attr:`EmbeddingStore.commits`)."""
+        return self._writer.commits
 
     def source_items(self, source_id: str, key: str, items: Sequence[Item]) -> list[Item]:
         """The items of one source file that need embedding; the file is recorded complete
@@ -207,6 +219,9 @@ class StoreSession:
         )
         self._finished = []
         self.ids.extend(batch_ids)
+        self.new_ids.extend(batch_ids)
+        if self.running is not None:
+            self.running.update(np.asarray(vectors))
 
     def close(self, prune: bool = False) -> EmbedResult:
         """Close the store (with ``prune``, keeping only this session's rows)."""
@@ -251,11 +266,17 @@ def extractor_modes(extractor: Extractor) -> tuple[int, ...]:
 
 
 def embed_beatmaps(
-    source: Path, sessions: Sequence[StoreSession], *, batch_size: int, progress: bool
+    source: Path,
+    sessions: Sequence[StoreSession],
+    *,
+    batch_size: int,
+    progress: bool,
+    paths: Sequence[Path] | None = None,
 ) -> None:
-    """One pass over the ``.osu`` files under ``source`` for every session's beatmap
-    extractor: each map is read at most once, and not at all when every session holds it
-    complete from the same bytes (a resume skips finished maps without parsing them)."""
+    """One pass over the ``.osu`` files under ``source`` (or ``paths`` among them) for every
+    session's beatmap extractor: each map is read at most once, and not at all when every
+    session holds it complete from the same bytes (a resume skips finished maps without
+    parsing them)."""
     from beatmap_fid.beatmap.reading import (
         find_beatmaps,
         map_source_files,
@@ -267,7 +288,7 @@ def embed_beatmaps(
     modes = [extractor_modes(session.extractor) for session in sessions]
     union = sorted({m for chosen in modes for m in chosen})
     pending: list[list[Item]] = [[] for _ in sessions]
-    paths = find_beatmaps(source)
+    paths = find_beatmaps(source) if paths is None else list(paths)
     for path in tqdm(paths, desc=f"embedding {source.name}", unit="file", disable=not progress):
         file_id = source_id(path, source)
         try:
@@ -319,6 +340,10 @@ def embed_to_store(
     progress: bool = False,
     prune: bool = False,
     extractor_options: dict[str, Any] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
 ) -> EmbedResult:
     """Embed every item of ``source`` into the store at ``store_path``, resumably.
 
@@ -329,7 +354,31 @@ def embed_to_store(
     ``prune`` the store keeps only this source's rows (what a cache of one folder wants).
     Without ``store_path`` the store goes to the cache (:func:`store_path_for`), pruned.
     ``progress`` shows a bar with the files done, their total and the time left.
+
+
+    ``engine="ray"`` embeds on a Ray cluster (``address``, default a local one) with
+    ``workers`` actors of ``gpus_per_worker`` GPUs each, into a sharded store: ``store_path``
+    is then a folder (see :func:`beatmap_fid.distributed.embed_sharded`).
     """
+    if engine != "local":
+        from beatmap_fid.distributed import embed_sharded
+
+        if engine != "ray":
+            raise InputError(f"unknown engine {engine!r}; choose 'local' or 'ray'")
+        if store_path is None or prune:
+            raise InputError("engine='ray' writes a sharded store: pass store_path, a folder")
+        return embed_sharded(
+            source,
+            extractor,
+            store_path,
+            engine="ray",
+            address=address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            batch_size=batch_size,
+            progress=progress,
+            extractor_options=extractor_options,
+        )
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, **(extractor_options or {}))
     source = Path(source)
@@ -439,7 +488,8 @@ def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -
     """Gaussian statistics of a store's rows (only those whose id is in ``ids`` when given).
 
     Statistics of a whole store are cached beside it as ``<store>.stats.npz`` and reused while
-    the store file is unchanged.
+    the store file is unchanged; a sharded store gives the merged statistics its manifest
+    names.
     """
     store_path = Path(store_path)
     with open_store(store_path) as store:
@@ -456,6 +506,8 @@ def store_statistics(store_path: str | Path, ids: Iterable[str] | None = None) -
                 if mask.any():
                     running.update(block[mask])
             return running.result()
+        if isinstance(store, ShardedStore):
+            return store.statistics()  # merged from the shards' partial statistics
         cache = store_path.with_name(store_path.name + ".stats.npz")
         key = _stats_cache_key(store_path, store)
         if cache.exists():
@@ -572,7 +624,7 @@ def resolve_statistics(
     if path.suffix == ".npz" and path.is_file():
         stats = GaussianStats.load(path)
         return stats, SideSummary(str(path), "statistics", None, stats.n)
-    if is_store_path(path):
+    if is_store_path(path) and path.exists():
         stats = store_statistics(path)
         with open_store(path) as store:
             n_sources = len({map_id(item_id) for item_id in store.ids})

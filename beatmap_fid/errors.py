@@ -68,6 +68,10 @@ class IndexFileError(BeatmapFidError):
     """A FAISS index file is missing, truncated or does not match its store."""
 
 
+class WorkerError(BeatmapFidError):
+    """A worker of a distributed run failed; what it committed is kept for the next run."""
+
+
 @dataclass(frozen=True)
 class Skipped:
     """One input left out of a run, and why."""

@@ -35,7 +35,6 @@ from beatmap_fid.api import (
     SideSummary,
     embed_cached,
     feature_array,
-    is_store_path,
     resolve_statistics,
     skip_entries,
 )
@@ -47,6 +46,7 @@ from beatmap_fid.errors import (
     SourceError,
 )
 from beatmap_fid.extractors.base import Extractor, build_extractor, config_hash, map_id
+from beatmap_fid.shards import STORE_TYPES, ShardedStore, is_store_path
 from beatmap_fid.stats import GaussianStats
 from beatmap_fid.store import EmbeddingStore, open_store
 
@@ -129,7 +129,7 @@ def _is_path(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike))
 
 
-def _store_side(store: EmbeddingStore) -> EvalSide:
+def _store_side(store: EmbeddingStore | ShardedStore) -> EvalSide:
     ids = store.ids
     summary = SideSummary(
         str(store.path),
@@ -158,7 +158,7 @@ def load_side(
     ``need_vectors=False`` lets folders and stores give cached statistics instead
     (:func:`beatmap_fid.api.resolve_statistics`), which is all FID needs.
     """
-    if isinstance(source, EmbeddingStore):
+    if isinstance(source, STORE_TYPES):
         return _store_side(source)
     if isinstance(source, GaussianStats | SideStatistics) or (
         _is_path(source) and Path(source).suffix.lower() == ".npz"
@@ -508,7 +508,7 @@ def score_source(
     skipped, fallbacks = SkipLog(), SkipLog()
     store_path: Path
     features: Any
-    if is_store_path(path):
+    if is_store_path(path) and path.exists():
         store_path = features = path  # a store given as such: the head checks its config
         with open_store(path) as store:
             ids = [str(i) for i in store.ids]

@@ -43,7 +43,6 @@ from beatmap_fid.stats import GaussianStats, RunningGaussian, gaussian_stats
 
 _METHODS = ("auto", "cholesky", "lowrank")
 _PRECISIONS = ("float64", "float32")
-_STORE_SUFFIXES = (".h5", ".hdf5")
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,8 @@ def as_stats(x: Any) -> GaussianStats:
     """Gaussian statistics of ``x``.
 
     ``x`` may be GaussianStats, a RunningGaussian, a feature array (n, d), a ``.npz``
-    statistics path (ours, pytorch-fid's or clean-fid's), an ``.h5`` embedding store path, or an
-    open EmbeddingStore.
+    statistics path (ours, pytorch-fid's or clean-fid's), an ``.h5`` embedding store path, a
+    sharded store (manifest or folder), or an open store.
     """
     if isinstance(x, GaussianStats):
         return x
@@ -201,14 +200,17 @@ def _load_path(path: Path) -> GaussianStats:
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return GaussianStats.load(path)
-    if suffix in _STORE_SUFFIXES:
-        from beatmap_fid.store import EmbeddingStore
+    from beatmap_fid.shards import is_store_path
 
-        with EmbeddingStore(path) as store:
+    if is_store_path(path):
+        from beatmap_fid.store import open_store
+
+        with open_store(path) as store:
             return store.statistics()
     raise InputError(
-        f"{path}: expected a .npz statistics file or an .h5 embedding store, "
-        f"not a {suffix or 'suffix-less'} file"
+        f"{path}: expected a .npz statistics file, an .h5 embedding store or a sharded "
+        f"store (its manifest.json or folder), not a {suffix or 'suffix-less'} "
+        f"{'folder' if path.is_dir() else 'file'}"
     )
 
 

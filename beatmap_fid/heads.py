@@ -47,7 +47,8 @@ from beatmap_fid.errors import (
     NonFiniteError,
 )
 from beatmap_fid.extractors.base import map_id
-from beatmap_fid.store import EmbeddingStore
+from beatmap_fid.shards import STORE_TYPES
+from beatmap_fid.store import open_store
 
 KINDS = ("regression", "classification")
 ARCHITECTURES = ("linear", "mlp")
@@ -152,10 +153,10 @@ class ScoreHead:
     def _blocks(self, features: Any):
         """Float blocks of ``features``; a store is checked against the head's configuration."""
         if isinstance(features, (str, os.PathLike)):
-            with EmbeddingStore(features) as store:
+            with open_store(features) as store:
                 yield from self._blocks(store)
             return
-        if isinstance(features, EmbeddingStore):
+        if isinstance(features, STORE_TYPES):
             self._check_store(features)
             for _, block in features.iter_blocks():
                 yield block
@@ -176,7 +177,7 @@ class ScoreHead:
         for start in range(0, len(array), _PREDICT_ROWS):
             yield array[start : start + _PREDICT_ROWS]
 
-    def _check_store(self, store: EmbeddingStore) -> None:
+    def _check_store(self, store: Any) -> None:
         if self.config_hash is not None and store.config_hash != self.config_hash:
             raise ConfigMismatchError(
                 f"this head was trained on {self.extractor!r} embeddings with config hash "
@@ -414,9 +415,9 @@ def _training_data(
     the ids of the rows kept (None for arrays)."""
     extractor = config = ids = labels = None
     if isinstance(embeddings, (str, os.PathLike)):
-        with EmbeddingStore(embeddings) as store:
+        with open_store(embeddings) as store:
             return _training_data(store, targets, kind)
-    if isinstance(embeddings, EmbeddingStore):
+    if isinstance(embeddings, STORE_TYPES):
         features = embeddings.vectors().astype(np.float64)
         extractor, config = embeddings.extractor, embeddings.config_hash
         ids, labels = embeddings.ids, embeddings.labels

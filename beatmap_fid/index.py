@@ -816,6 +816,13 @@ def _progress(blocks: Iterator, total: int, progress: bool, desc: str) -> Iterat
     bar.close()
 
 
+def ondisk_lists_path(index_path: str | os.PathLike) -> Path:
+    """Where an index merged on disk keeps its inverted lists: ``X.faiss`` -> ``X.faiss.ivfdata``
+    (see :mod:`beatmap_fid.shard_index`)."""
+    index_path = Path(index_path)
+    return index_path.with_name(index_path.name + ".ivfdata")
+
+
 def sidecar_path_of(index_path: str | os.PathLike) -> Path:
     """The JSON sidecar beside an index file: ``X.faiss`` -> ``X.faiss.json``."""
     index_path = Path(index_path)
@@ -1444,7 +1451,15 @@ def load_index(
     written_by = meta["faiss_version"]
     try:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index(str(path), flags)
+        if ondisk_lists_path(path).is_file():  # inverted lists on disk: mapped in any case
+            from beatmap_fid.shard_index import faiss_prints_to_stderr
+
+            with faiss_prints_to_stderr():
+                index = faiss.read_index(
+                    str(path), faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR
+                )
+        else:
+            index = faiss.read_index(str(path), flags)
     except RuntimeError as error:
         versions = (
             f" (written by FAISS {written_by}, this is FAISS {faiss.__version__})"

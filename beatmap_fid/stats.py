@@ -348,6 +348,29 @@ class RunningGaussian:
         self._absorb(count, mean, scatter)
         return self
 
+    def state(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(n, mean, scatter)``: the exact partial result, scatter as its upper triangle
+        (what a shard saves so that partial results merge without loss, even for n < 2)."""
+        if self.dim is None:
+            raise InsufficientSamplesError("no vector has been folded in yet")
+        return self.n, self._mean.copy(), np.triu(self._scatter)
+
+    @classmethod
+    def from_state(cls, n: int, mean: np.ndarray, scatter: np.ndarray) -> RunningGaussian:
+        """The accumulator :meth:`state` describes (its scatter's lower triangle is ignored)."""
+        mean = np.asarray(mean, dtype=np.float64)
+        scatter = np.asarray(scatter, dtype=np.float64)
+        if mean.ndim != 1 or scatter.shape != (mean.shape[0], mean.shape[0]) or int(n) < 0:
+            raise InputError(
+                f"a partial result needs n >= 0, mean (d,) and scatter (d, d); got n={n}, "
+                f"shapes {mean.shape} and {scatter.shape}"
+            )
+        running = cls(mean.shape[0])
+        running.n = int(n)
+        running._mean = mean.copy()
+        running._scatter = np.asfortranarray(np.triu(scatter))
+        return running
+
     def result(self) -> GaussianStats:
         """Mean and unbiased covariance (divided by n − 1) of everything folded in so far."""
         if self.n < 2:

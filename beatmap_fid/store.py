@@ -52,6 +52,7 @@ from beatmap_fid.errors import (
 )
 
 if TYPE_CHECKING:
+    from beatmap_fid.shards import ShardedStore
     from beatmap_fid.stats import GaussianStats
 
 if sys.platform != "win32":
@@ -387,7 +388,10 @@ def _open_hdf5(path: Path, mode: str, lock_held: bool = False) -> h5py.File:
     if not path.exists():
         raise StoreError(f"no embedding store at {path}")
     if not path.is_file():
-        raise StoreError(f"{path} is not a file (expected an HDF5 embedding store)")
+        raise StoreError(
+            f"{path} is not a file (expected an HDF5 embedding store; a sharded store, a "
+            "folder with manifest.json, opens with open_store)"
+        )
     with open(path, "rb") as file:
         if file.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
             raise StoreError(
@@ -851,8 +855,13 @@ class _VectorVerifier:
             self._close_empty_batches()
 
 
-def open_store(path: str | Path) -> EmbeddingStore:
-    """Open the store at ``path`` for reading."""
+def open_store(path: str | Path) -> EmbeddingStore | ShardedStore:
+    """Open the store at ``path`` for reading: an ``.h5`` store, or a sharded store given as
+    its manifest or the folder holding it (see :mod:`beatmap_fid.shards`)."""
+    from beatmap_fid.shards import ShardedStore, find_manifest
+
+    if find_manifest(path) is not None:
+        return ShardedStore(path)
     return EmbeddingStore(path)
 
 
@@ -1173,6 +1182,11 @@ class StoreWriter:
 
     def __len__(self) -> int:
         return self._n_rows
+
+    @property
+    def commits(self) -> np.ndarray:
+        """Committed batches, as :attr:`EmbeddingStore.commits` reads them."""
+        return self._datasets["commits"][: self._n_commits]
 
     def completed_key(self, source_id: str) -> str | None:
         """Key of a source file recorded as complete (every item stored), None otherwise."""

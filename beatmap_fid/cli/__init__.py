@@ -25,6 +25,7 @@ VERB_MODULES = (
     "heads",
     "classifier",
     "describe",
+    "scale",
 )
 
 
@@ -69,6 +70,8 @@ EXTRA_OF_MODULE = {
     "matplotlib": "plot",
     "umap": "plot",
     "torchmetrics": "torchmetrics",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from beatmap_fid.cli.output import FALLBACK, add_json_flag, emit
+from beatmap_fid.cli.scale import add_engine_arguments
 from beatmap_fid.errors import InputError
 
 VERBS = ("stats", "fd", "fid", "embed", "cache", "check", "extractors")
@@ -267,6 +268,10 @@ def _run_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         extractor_options=extractor_options(args),
+        engine=args.engine,
+        address=args.address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
     )
     summary = {
         "store": str(result.store_path),
@@ -404,7 +409,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Gaussian statistics (mu, sigma, n) of a folder of maps or a store -> .npz, "
         "like pytorch-fid's --save-stats",
     )
-    parser.add_argument("source", help="folder or file (embedded first), or a store (.h5)")
+    parser.add_argument(
+        "source", help="folder or file (embedded first), a store (.h5) or a sharded store (folder)"
+    )
     parser.add_argument("-o", "--output", required=True, help="output .npz (mu, sigma, n)")
     add_extractor_arguments(parser)
     add_cache_arguments(parser)
@@ -445,8 +452,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser("embed", help="embed a folder or file into a store (resumable)")
     parser.add_argument("source", help="folder or file")
-    parser.add_argument("-o", "--output", required=True, help="output store (.h5)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output store (.h5); with --engine ray a folder"
+    )
     add_extractor_arguments(parser)
+    add_engine_arguments(parser, gpus=True)
     parser.add_argument("--strict", action="store_true", help="exit 1 when any input is skipped")
     add_json_flag(parser)
     parser.set_defaults(run=_run_embed)

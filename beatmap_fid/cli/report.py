@@ -166,8 +166,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from beatmap_fid.api import is_store_path
     from beatmap_fid.evaluate import copy_sources, score_source
+    from beatmap_fid.shards import is_store_path
 
     if args.copy_to and is_store_path(args.source) and not args.root:
         raise InputError("--copy-to with a store needs --root: the folder its ids are relative to")

@@ -22,6 +22,7 @@ from beatmap_fid.cli.core import (
     extractor_options_from,
 )
 from beatmap_fid.cli.output import FALLBACK, add_json_flag, emit
+from beatmap_fid.cli.scale import add_engine_arguments
 from beatmap_fid.errors import InputError
 
 VERBS = ("index", "search", "knn", "nearest")
@@ -75,17 +76,35 @@ def _run_index(args: argparse.Namespace) -> int:
     from beatmap_fid.store import open_store
 
     started = time.perf_counter()
-    with open_store(args.store) as store:
-        vindex = build_index(
-            store,
+    family = None if args.family == "auto" else args.family
+    if args.engine == "ray":
+        from beatmap_fid.shard_index import build_sharded_index
+
+        vindex = build_sharded_index(
+            args.store,
+            args.output,
             metric=args.metric,
             recall=args.recall,
             k=args.k,
             memory_budget=args.memory,
-            family=None if args.family == "auto" else args.family,
+            family=family,
+            address=args.address,
+            workers=args.workers,
             progress=not args.quiet,
         )
-    path = vindex.save(args.output)
+        path = Path(args.output)
+    else:
+        with open_store(args.store) as store:
+            vindex = build_index(
+                store,
+                metric=args.metric,
+                recall=args.recall,
+                k=args.k,
+                memory_budget=args.memory,
+                family=family,
+                progress=not args.quiet,
+            )
+        path = vindex.save(args.output)
     seconds = time.perf_counter() - started
     tuning = vindex.tuning
     result = {
@@ -228,7 +247,7 @@ def _run_nearest(args: argparse.Namespace) -> int:
     from beatmap_fid.api import skip_entries
     from beatmap_fid.evaluate import load_sides
     from beatmap_fid.knn import map_memorisation_scores, memorisation_scores, window_events
-    from beatmap_fid.store import EmbeddingStore
+    from beatmap_fid.store import open_store
 
     real_side, gen_side = load_sides(
         args.real,
@@ -244,7 +263,7 @@ def _run_nearest(args: argparse.Namespace) -> int:
         ids = [str(i) for i in side.ids]
         events = None
         if side.summary.store_path:  # event counts recorded beside the vectors
-            with EmbeddingStore(side.summary.store_path) as store:
+            with open_store(side.summary.store_path) as store:
                 events = window_events(store, ids)
         inputs[name] = (side.vectors, ids, events)
     (gen_v, gen_ids, gen_events), (real_v, real_ids, real_events) = inputs.values()
@@ -283,9 +302,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "index",
         help="build a FAISS index of a store, tuned to a recall target",
         description="Choose, train and tune a FAISS index over an embedding store; writes "
-        "X.faiss and its sidecar X.faiss.json (parameters, ids, config hash).",
+        "X.faiss and its sidecar X.faiss.json (parameters, ids, config hash). With --engine "
+        "ray the store's parts are added in parallel Ray tasks to a trained IVF index whose "
+        "inverted lists are merged on disk (X.faiss.ivfdata).",
     )
-    index.add_argument("store", help="embedding store (.h5)")
+    index.add_argument("store", help="embedding store (.h5) or sharded store (folder)")
     index.add_argument("-o", "--output", required=True, help="index file to write (X.faiss)")
     index.add_argument("--recall", type=float, default=0.95, help="recall@k target (0.95)")
     index.add_argument("-k", type=int, default=10, help="k of the recall target (10)")
@@ -295,6 +316,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--family", choices=("auto", *FAMILIES), default="auto", help="force an index family"
     )
     index.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_arguments(index, gpus=False)
     add_json_flag(index)
     index.set_defaults(run=_run_index)
 
@@ -338,7 +360,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "reports the naive figure (windows of one map voting for each other) beside it. Rows "
         "without a label are left out.",
     )
-    knn.add_argument("store", help="embedding store (.h5)")
+    knn.add_argument("store", help="embedding store (.h5) or sharded store (folder)")
     knn.add_argument("--labels", help="CSV (id,label) or JSON ({id: label}); default: the store's")
     knn.add_argument(
         "--group-by",

@@ -19,9 +19,8 @@ from beatmap_fid.errors import (
     InsufficientSamplesError,
     NonFiniteError,
 )
-from beatmap_fid.store import EmbeddingStore
-
-_STORE_SUFFIXES = (".h5", ".hdf5")
+from beatmap_fid.shards import STORE_TYPES, is_store_path
+from beatmap_fid.store import open_store
 
 
 def load_features(x: Any, name: str = "features") -> tuple[np.ndarray, str | None]:
@@ -31,20 +30,20 @@ def load_features(x: Any, name: str = "features") -> tuple[np.ndarray, str | Non
     arrays keep float32 or float64 (other numbers become float64). A ``.npz`` of Gaussian
     statistics holds no samples and is refused with a message saying so.
     """
-    if isinstance(x, EmbeddingStore):
+    if isinstance(x, STORE_TYPES):
         return x.vectors(), x.config_hash
     if isinstance(x, (str, os.PathLike)):
         path = Path(x)
         suffix = path.suffix.lower()
-        if suffix in _STORE_SUFFIXES:
-            with EmbeddingStore(path) as store:
+        if is_store_path(path):
+            with open_store(path) as store:
                 return store.vectors(), store.config_hash
         if suffix == ".npz":
             raise InputError(
                 f"{name}: {path} holds Gaussian statistics (mean and covariance), not samples; "
                 "this metric needs the feature vectors: pass the embedding store or an array"
             )
-        raise InputError(f"{name}: expected an .h5 embedding store, got {path}")
+        raise InputError(f"{name}: expected an .h5 embedding store or a sharded store, got {path}")
     if hasattr(x, "detach"):  # a torch tensor, possibly on a GPU
         x = x.detach().cpu().numpy()
     try:
@@ -62,10 +61,10 @@ def load_features(x: Any, name: str = "features") -> tuple[np.ndarray, str | Non
 
 def load_ids(x: Any) -> np.ndarray | None:
     """Row ids of an embedding store (open, or a ``.h5``/``.hdf5`` path); None for arrays."""
-    if isinstance(x, EmbeddingStore):
+    if isinstance(x, STORE_TYPES):
         return np.asarray(x.ids)
-    if isinstance(x, (str, os.PathLike)) and Path(x).suffix.lower() in _STORE_SUFFIXES:
-        with EmbeddingStore(x) as store:
+    if is_store_path(x):
+        with open_store(x) as store:
             return np.asarray(store.ids)
     return None
 

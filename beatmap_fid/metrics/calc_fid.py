@@ -408,7 +408,7 @@ def overlap_from_sides(
     extractor configuration). Values ``{side}_in_training`` (share of maps whose id is listed)
     and ``{side}_near_duplicates`` (share of maps with a training map at cosine ≥ threshold),
     and the details (which maps)."""
-    from beatmap_fid.store import EmbeddingStore
+    from beatmap_fid.store import open_store
 
     if training_ids is None and training_store is None:
         raise InputError(
@@ -427,7 +427,7 @@ def overlap_from_sides(
             values[f"{label}_in_training_count"] = float(found["in"])
             details[f"{label}_in_training"] = found
     if training_store is not None:
-        with EmbeddingStore(training_store) as store:
+        with open_store(training_store) as store:
             hashes = {side.config_hash for _, side in sides if side.config_hash}
             if hashes and hashes != {store.config_hash}:
                 raise InputError(
