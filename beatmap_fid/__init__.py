@@ -27,7 +27,7 @@ from beatmap_fid.knn import (
 from beatmap_fid.metrics import METRICS, fd_infinity, fid_confidence_interval
 from beatmap_fid.report import build_report
 from beatmap_fid.stats import GaussianStats, RunningGaussian, gaussian_stats
-from beatmap_fid.store import EmbeddingStore, StoreWriter, merge_stores, open_store
+from beatmap_fid.store import EmbeddingStore, StoreWriter, check_store, merge_stores, open_store
 
 __all__ = [
     "METRICS",
@@ -47,6 +47,7 @@ __all__ = [
     "build_extractor",
     "build_index",
     "build_report",
+    "check_store",
     "compute_fid",
     "embed_to_store",
     "evaluate",

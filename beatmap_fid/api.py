@@ -92,8 +92,10 @@ class StoreSession:
 
     :meth:`new_items` fingerprints items and passes on those the store does not hold with
     that fingerprint; :meth:`write` embeds a batch of them and appends it; :meth:`close`
-    returns what was done. :func:`embed_to_store` runs one session over a source; several
-    sessions share one pass over a folder of maps in :func:`beatmap_fid.embed_many.embed_many`.
+    returns what was done. Items offered per source file with :meth:`source_items` make the
+    file *complete* once all of them are stored: the store records the file's key, and a
+    later run (a resume after a kill) skips the file without reading it
+    (:meth:`is_complete`, :meth:`reuse_source`).
     """
 
     def __init__(self, extractor: Extractor, store_path: Path, skipped: SkipLog) -> None:
@@ -104,8 +106,29 @@ class StoreSession:
         self.written = self.reused = self.replaced = 0
         self._fingerprint = Fingerprinter(extractor.config)
         self._prints: dict[str, str | None] = {}
+        self._outstanding: dict[str, tuple[set[str], str]] = {}  # source -> (ids, key)
+        self._finished: list[tuple[str, str]] = []  # complete, not yet recorded
+        self._stored_by_source: dict[str, list[str]] | None = None
         store_path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = StoreWriter(store_path, extractor.name, extractor.config, extractor.dim)
+
+    def source_key(self, paths: Sequence[Path]) -> str:
+        """Key of a source file and the files beside it that it names (its audio)."""
+        return self._fingerprint(Item("", None, sources=tuple(paths)))
+
+    def is_complete(self, source_id: str, key: str) -> bool:
+        """Whether every item of the source file is stored, from the file as it is now."""
+        return self._writer.completed_key(source_id) == key
+
+    def reuse_source(self, source_id: str) -> None:
+        """Count the stored items of a complete source file as this run's, unread."""
+        if self._stored_by_source is None:
+            self._stored_by_source = {}
+            for item_id in self._writer.existing_ids:
+                self._stored_by_source.setdefault(map_id(item_id), []).append(item_id)
+        stored = self._stored_by_source.get(source_id, [])
+        self.ids.extend(stored)
+        self.reused += len(stored)
 
     def new_items(self, items: Iterable[Item]) -> Iterator[Item]:
         """The items that need embedding; the others are counted as reused."""
@@ -121,13 +144,31 @@ class StoreSession:
                 continue
             yield item
 
+    def source_items(self, source_id: str, key: str, items: Sequence[Item]) -> list[Item]:
+        """The items of one source file that need embedding; the file is recorded complete
+        once they are written (at once when there are none)."""
+        new = list(self.new_items(items))
+        if items:
+            if new:
+                self._outstanding[source_id] = ({item.id for item in new}, key)
+            else:
+                self._finished.append((source_id, key))
+        return new
+
     def write(self, batch: Sequence[Item]) -> None:
-        """Embed ``batch`` and append its rows."""
+        """Embed ``batch`` and append its rows, with the source files it completes."""
         if not batch:
             return
         batch_ids = [item.id for item in batch]
         vectors = self.extractor.embed([item.payload for item in batch])
         labels = [item.label or "" for item in batch]
+        written = set(batch_ids)
+        for source_id in [s for s, (ids, _) in self._outstanding.items() if ids & written]:
+            ids, key = self._outstanding[source_id]
+            ids -= written
+            if not ids:
+                self._finished.append((source_id, key))
+                del self._outstanding[source_id]
         self.replaced += sum(item_id in self._writer for item_id in batch_ids)
         self.written += self._writer.append(
             batch_ids,
@@ -135,14 +176,19 @@ class StoreSession:
             labels if any(labels) else None,
             fingerprints=[self._prints[i] for i in batch_ids],
             n_events=[item.n_events for item in batch],
+            completed=self._finished,
         )
+        self._finished = []
         self.ids.extend(batch_ids)
 
     def close(self, prune: bool = False) -> EmbedResult:
         """Close the store (with ``prune``, keeping only this session's rows)."""
-        if prune:
-            self._writer.retain(self.ids)
-        self._writer.close()
+        try:
+            self._writer.complete(self._finished)
+            if prune:
+                self._writer.retain(self.ids)
+        finally:
+            self._writer.close()
         return EmbedResult(
             self.store_path, self.ids, self.written, self.reused, self.skipped, self.replaced
         )
@@ -150,6 +196,73 @@ class StoreSession:
     def abort(self) -> None:
         """Close the store after an error, keeping what was committed."""
         self._writer.close()
+
+
+def extractor_modes(extractor: Extractor) -> tuple[int, ...]:
+    """The game modes a beatmap extractor reads (its ``modes``, else its config's, else
+    osu!standard)."""
+    modes = getattr(extractor, "modes", None) or extractor.config.get("modes") or (0,)
+    return tuple(int(m) for m in modes)
+
+
+def embed_beatmaps(
+    source: Path, sessions: Sequence[StoreSession], *, batch_size: int, progress: bool
+) -> None:
+    """One pass over the ``.osu`` files under ``source`` for every session's beatmap
+    extractor: each map is read at most once, and not at all when every session holds it
+    complete from the same bytes (a resume skips finished maps without parsing them)."""
+    from beatmap_fid.beatmap.reading import (
+        find_beatmaps,
+        map_source_files,
+        mode_name,
+        read_beatmap_file,
+        source_id,
+    )
+
+    modes = [extractor_modes(session.extractor) for session in sessions]
+    union = sorted({m for chosen in modes for m in chosen})
+    pending: list[list[Item]] = [[] for _ in sessions]
+    paths = find_beatmaps(source)
+    for path in tqdm(paths, desc=f"embedding {source.name}", unit="map", disable=not progress):
+        file_id = source_id(path, source)
+        try:
+            keys = [session.source_key(map_source_files(path)) for session in sessions]
+        except SourceError as error:
+            for session in sessions:
+                session.skipped.add(file_id, str(error))
+            continue
+        todo = []
+        for index, (session, key) in enumerate(zip(sessions, keys)):
+            if session.is_complete(file_id, key):
+                session.reuse_source(file_id)
+            else:
+                todo.append(index)
+        if not todo:
+            continue
+        try:
+            beatmap_file = read_beatmap_file(path, root=source, modes=union)
+        except SourceError as error:
+            for index in todo:
+                sessions[index].skipped.add(file_id, str(error))
+            continue
+        mode = int(beatmap_file.beatmap.mode)
+        for index in todo:
+            session = sessions[index]
+            if mode not in modes[index]:
+                allowed = ", ".join(mode_name(m) for m in modes[index])
+                session.skipped.add(
+                    file_id,
+                    f"unsupported mode: {mode_name(mode)} (Mode {mode}); modes read here: "
+                    f"{allowed}",
+                )
+                continue
+            items = session.extractor.beatmap_items(beatmap_file, session.skipped)
+            pending[index] += session.source_items(file_id, keys[index], items)
+            if len(pending[index]) >= batch_size:
+                session.write(pending[index])
+                pending[index] = []
+    for session, batch in zip(sessions, pending):
+        session.write(batch)
 
 
 def embed_to_store(
@@ -167,9 +280,9 @@ def embed_to_store(
     Every row records a fingerprint of the files it was computed from (and of the extractor
     configuration). Items stored with the same fingerprint are not embedded again, so an
     interrupted run continues where it stopped; items whose files changed are embedded again
-    and their old rows dropped. With ``prune`` the store keeps only this source's rows (what
-    a cache of one folder wants). Without ``store_path`` the store goes to the cache
-    (:func:`store_path_for`), pruned.
+    and their old rows dropped; maps already complete are not even read again. With
+    ``prune`` the store keeps only this source's rows (what a cache of one folder wants).
+    Without ``store_path`` the store goes to the cache (:func:`store_path_for`), pruned.
     """
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, **(extractor_options or {}))
@@ -181,11 +294,14 @@ def embed_to_store(
     skipped = SkipLog()
     session = StoreSession(extractor, Path(store_path), skipped)
     try:
-        items = session.new_items(extractor.items(source, skipped))
-        with tqdm(desc=f"embedding {source.name}", unit="item", disable=not progress) as bar:
-            for batch in extractor_batches(extractor, items, batch_size, skipped):
-                session.write(batch)
-                bar.update(len(batch))
+        if hasattr(extractor, "beatmap_items"):
+            embed_beatmaps(source, [session], batch_size=batch_size, progress=progress)
+        else:
+            items = session.new_items(extractor.items(source, skipped))
+            with tqdm(desc=f"embedding {source.name}", unit="item", disable=not progress) as bar:
+                for batch in extractor_batches(extractor, items, batch_size, skipped):
+                    session.write(batch)
+                    bar.update(len(batch))
     except BaseException:
         session.abort()
         raise

@@ -16,17 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from beatmap_fid.api import EmbedResult, SideSummary, StoreSession, embed_cached, store_path_for
+from beatmap_fid.api import (
+    EmbedResult,
+    SideSummary,
+    StoreSession,
+    embed_beatmaps,
+    embed_cached,
+    store_path_for,
+)
 from beatmap_fid.errors import InputError, InsufficientSamplesError, SkipLog
-from beatmap_fid.extractors.base import Extractor, Item, config_hash
+from beatmap_fid.extractors.base import Extractor, config_hash
 
 ALL_MODES = (0, 1, 2, 3)
-
-
-def extractor_modes(extractor: Extractor) -> tuple[int, ...]:
-    """The game modes an extractor reads (its ``modes``, else its config's, else standard)."""
-    modes = getattr(extractor, "modes", None) or extractor.config.get("modes") or (0,)
-    return tuple(int(m) for m in modes)
 
 
 def embed_many(
@@ -42,51 +43,23 @@ def embed_many(
     source = Path(source)
     if not source.exists():
         raise InputError(f"source {source} does not exist")
-    from beatmap_fid.beatmap.reading import iter_beatmap_files, mode_name
-
     shared = [e for e in extractors if hasattr(e, "beatmap_items")]
     results: dict[int, EmbedResult] = {
         index: embed_cached(source, e, store_dir, batch_size=batch_size, progress=progress)
         for index, e in enumerate(extractors)
         if e not in shared
     }
-    if not shared:
-        return [results[i] for i in range(len(extractors))]
-    modes = [extractor_modes(e) for e in shared]
-    union = sorted({m for chosen in modes for m in chosen})
-    read_skips = SkipLog()
     sessions: list[StoreSession] = []
     try:
         for extractor in shared:
             path = store_path_for(source, extractor, store_dir)
             sessions.append(StoreSession(extractor, path, SkipLog()))
-        pending: list[list[Item]] = [[] for _ in shared]
-        for beatmap_file in iter_beatmap_files(source, read_skips, modes=union, progress=progress):
-            mode = int(beatmap_file.beatmap.mode)
-            for i, (extractor, session) in enumerate(zip(shared, sessions)):
-                if mode not in modes[i]:
-                    allowed = ", ".join(mode_name(m) for m in modes[i])
-                    session.skipped.add(
-                        beatmap_file.id,
-                        f"unsupported mode: {mode_name(mode)} (Mode {mode}); modes read here: "
-                        f"{allowed}",
-                    )
-                    continue
-                for item in session.new_items(
-                    extractor.beatmap_items(beatmap_file, session.skipped)
-                ):
-                    pending[i].append(item)
-                    if len(pending[i]) >= batch_size:
-                        session.write(pending[i])
-                        pending[i] = []
-        for session, batch in zip(sessions, pending):
-            session.write(batch)
+        embed_beatmaps(source, sessions, batch_size=batch_size, progress=progress)
     except BaseException:
         for session in sessions:
             session.abort()
         raise
     for extractor, session in zip(shared, sessions):
-        session.skipped.entries[:0] = read_skips.entries
         results[extractors.index(extractor)] = session.close(prune=True)
     return [results[i] for i in range(len(extractors))]
 

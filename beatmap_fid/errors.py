@@ -40,6 +40,10 @@ class StoreLockedError(StoreError):
     """Another writer holds the store's lock."""
 
 
+class StoreDamagedError(StoreError):
+    """A store's bytes no longer match its checksums (``beatmap-fid check --repair`` mends it)."""
+
+
 class StoreFullError(StoreError):
     """The disk holding a store has no room for the next batch (committed rows are kept)."""
 

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +45,7 @@ from beatmap_fid.errors import (
     DimensionMismatchError,
     InputError,
     NonFiniteError,
+    StoreDamagedError,
     StoreError,
     StoreFullError,
     StoreLockedError,
@@ -78,7 +81,7 @@ _FINGERPRINT = np.dtype(f"S{FINGERPRINT_BYTES}")
 _STRING = h5py.string_dtype("utf-8")
 
 _REQUIRED_ATTRIBUTES = ("format_version", "extractor", "config", "config_hash", "library_version")
-_STRING_COLUMNS = ("ids", "labels")
+_STRING_COLUMNS = ("ids", "labels", "sources")
 _V2_DATASETS = (
     "vectors",
     "ids_bytes",
@@ -87,11 +90,16 @@ _V2_DATASETS = (
     "labels_ends",
     "fingerprints",
     "n_events",
+    "sources_bytes",
+    "sources_ends",
+    "source_keys",
     "commits",
     "n_commits",
 )
 NOT_COUNTED = -1
 """``n_events`` of rows whose events were not counted."""
+COMMIT_COLUMNS = ("end_row", "end_source", "vector_checksum", "column_checksum")
+"""Columns of the ``commits`` table, one row per committed batch."""
 
 
 def canonical_config_json(config: dict[str, Any]) -> str:
@@ -104,22 +112,45 @@ def vector_chunk_rows(dim: int) -> int:
     return max(1, CHUNK_BYTES // (4 * dim))
 
 
-def batch_checksums(
-    vectors: np.ndarray,
+def _digest64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def vector_checksum(vectors: np.ndarray) -> int:
+    """Checksum of a batch's vectors: BLAKE2b-64 of their little-endian float32 bytes."""
+    return _digest64(np.ascontiguousarray(vectors, "<f4").tobytes())
+
+
+def column_checksum(
     ids: Sequence[str],
     labels: Sequence[str],
     prints: Sequence[str],
     n_events: Sequence[int],
-) -> tuple[int, int]:
-    """Checksums of one committed batch: of its float32 vector bytes, and of its other
-    columns (ids, labels, fingerprints, event counts) as text."""
-    vector_sum = hashlib.blake2b(np.ascontiguousarray(vectors, "<f4").tobytes(), digest_size=8)
+    sources: Sequence[str] = (),
+    source_keys: Sequence[str] = (),
+) -> int:
+    """Checksum of a batch's other columns (ids, labels, fingerprints, event counts) and of
+    the completed sources it records, as one UTF-8 text."""
     counts = ",".join(str(int(count)) for count in n_events)
-    strings = "\x1e".join(["\x1f".join(ids), "\x1f".join(labels), "".join(prints), counts])
-    string_sum = hashlib.blake2b(strings.encode("utf-8"), digest_size=8)
-    return int.from_bytes(vector_sum.digest(), "little"), int.from_bytes(
-        string_sum.digest(), "little"
+    text = "\x1e".join(
+        [
+            "\x1f".join(ids),
+            "\x1f".join(labels),
+            "".join(prints),
+            counts,
+            "\x1f".join(sources),
+            "".join(source_keys),
+        ]
     )
+    return _digest64(text.encode("utf-8"))
+
+
+def header_checksum(
+    format_version: int, extractor: str, config: str, config_hash: str, dim: int
+) -> str:
+    """Checksum of the attributes that say what a store holds (stored as ``header_checksum``)."""
+    text = json.dumps([int(format_version), extractor, config, config_hash, int(dim)])
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 # -- locks --------------------------------------------------------------------------------
@@ -376,8 +407,33 @@ def _text_attribute(file: h5py.File, name: str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _committed_rows(file: h5py.File, path: Path) -> tuple[int, int]:
-    """(committed rows, committed batches) of a store, its layout checked on the way."""
+def _damaged(path: Path, what: str) -> StoreDamagedError:
+    return StoreDamagedError(
+        f"{path} is damaged: {what}; run `beatmap-fid check {path} --repair` to keep every "
+        "batch that is intact"
+    )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a store's commit point says: committed rows, batches and completed sources."""
+
+    format_version: int
+    n_rows: int
+    n_commits: int
+    n_sources: int
+
+
+def _commit_count(file: h5py.File, path: Path) -> int:
+    """``n_commits`` holds the count and its bitwise complement, so a damaged count shows."""
+    raw = file["n_commits"][:]
+    if raw.shape != (2,) or int(raw[1]) != ~int(raw[0]) or int(raw[0]) < 0:
+        raise _damaged(path, "its commit count is unreadable")
+    return int(raw[0])
+
+
+def _store_layout(file: h5py.File, path: Path) -> _Layout:
+    """The committed extent of a store, its attributes and datasets checked on the way."""
     missing = [name for name in _REQUIRED_ATTRIBUTES if name not in file.attrs]
     if missing:
         raise StoreError(
@@ -397,35 +453,60 @@ def _committed_rows(file: h5py.File, path: Path) -> tuple[int, int]:
     if "dim" not in file.attrs:
         raise StoreError(f"{path} is malformed: attribute 'dim' is missing")
     dim = int(file.attrs["dim"])
+    if version >= 2:
+        expected = header_checksum(
+            version,
+            _text_attribute(file, "extractor"),
+            _text_attribute(file, "config"),
+            _text_attribute(file, "config_hash"),
+            dim,
+        )
+        if _text_attribute(file, "header_checksum") != expected:
+            raise _damaged(
+                path, "its attributes (extractor, configuration) do not match their checksum"
+            )
     vectors = file["vectors"]
     if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype != np.float32:
         raise StoreError(
             f"{path} is malformed: 'vectors' is {vectors.dtype} {vectors.shape}, "
             f"expected float32 (N, {dim})"
         )
-    if version >= 2:
-        n_commits = int(file["n_commits"][0])
-        commits = file["commits"]
-        if not 0 <= n_commits <= commits.shape[0]:
-            raise StoreError(
-                f"{path} is malformed: {n_commits} batches are committed but the commit table "
-                f"holds {commits.shape[0]}"
-            )
-        n_rows = int(commits[n_commits - 1, 0]) if n_commits else 0
-        row_datasets = ("vectors", "ids_ends", "labels_ends", "fingerprints", "n_events")
-    else:
-        n_commits = 0
+    if version < 2:
         if "n_rows" not in file.attrs:
             raise StoreError(f"{path} is malformed: attribute 'n_rows' is missing")
         n_rows = int(file.attrs["n_rows"])
-        row_datasets = ("vectors", "ids", "labels", "n_events")
-    for name in row_datasets:
-        if name in file and file[name].shape[0] < n_rows:
-            raise StoreError(
-                f"{path} is malformed: {name!r} has {file[name].shape[0]} rows but "
-                f"{n_rows} are committed"
+        for name in ("vectors", "ids", "labels", "n_events"):
+            if name in file and file[name].shape[0] < n_rows:
+                raise StoreError(
+                    f"{path} is malformed: {name!r} has {file[name].shape[0]} rows but "
+                    f"{n_rows} are committed"
+                )
+        return _Layout(version, n_rows, 0, 0)
+    n_commits = _commit_count(file, path)
+    commits = file["commits"]
+    if n_commits > commits.shape[0]:
+        raise _damaged(
+            path, f"{n_commits} batches are committed but its commit table holds {commits.shape[0]}"
+        )
+    table = commits[:n_commits].astype(np.int64)
+    ends = np.concatenate([[0, 0], table[:, :2].ravel()]).reshape(-1, 2)
+    if np.any(np.diff(ends, axis=0) < 0):
+        raise _damaged(path, "its commit table is out of order")
+    n_rows, n_sources = (int(x) for x in ends[-1])
+    for name, needed in (
+        ("vectors", n_rows),
+        ("ids_ends", n_rows),
+        ("labels_ends", n_rows),
+        ("fingerprints", n_rows),
+        ("n_events", n_rows),
+        ("sources_ends", n_sources),
+        ("source_keys", n_sources),
+    ):
+        if file[name].shape[0] < needed:
+            raise _damaged(
+                path, f"{name!r} holds {file[name].shape[0]} rows, {needed} are committed"
             )
-    return n_rows, n_commits
+    return _Layout(version, n_rows, n_commits, n_sources)
 
 
 def _read_strings(file: h5py.File, column: str, n_rows: int) -> np.ndarray:
@@ -438,46 +519,114 @@ def _read_strings(file: h5py.File, column: str, n_rows: int) -> np.ndarray:
     if ends.size == 0:
         return np.empty(0, dtype=object)
     if np.any(np.diff(ends) < 0) or ends[0] < 0 or ends[-1] > file[f"{column}_bytes"].shape[0]:
-        raise StoreError(f"{file.filename} is corrupt: the offsets of its {column} are invalid")
+        raise _damaged(Path(file.filename), f"the offsets of its {column} are invalid")
     blob = file[f"{column}_bytes"][: int(ends[-1])].tobytes()
-    bounds = np.concatenate([[0], ends])
+    bounds = np.concatenate([[0], ends]).tolist()
     out = np.empty(len(ends), dtype=object)
-    if blob.isascii():
-        text = blob.decode("ascii")
-        out[:] = [text[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
-    else:
-        out[:] = [
-            blob[a:b].decode("utf-8") for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())
-        ]
+    try:
+        if blob.isascii():
+            text = blob.decode("ascii")
+            out[:] = [text[a:b] for a, b in itertools.pairwise(bounds)]
+        else:
+            out[:] = [blob[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
+    except UnicodeDecodeError:
+        raise _damaged(Path(file.filename), f"its {column} are not valid UTF-8") from None
     return out
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """Every column of the committed rows but the vectors, and the completed sources."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    fingerprints: np.ndarray
+    n_events: np.ndarray
+    sources: np.ndarray
+    source_keys: np.ndarray
+
+
+def _read_columns(file: h5py.File, path: Path, layout: _Layout) -> _Columns:
+    """The columns of a store, each committed batch checked against its checksum."""
+    n, m = layout.n_rows, layout.n_sources
+    ids = _read_strings(file, "ids", n)
+    labels = _read_strings(file, "labels", n)
+    if "fingerprints" in file:
+        prints = np.array([v.decode("ascii", "replace") for v in file["fingerprints"][:n]], object)
+    else:
+        prints = np.full(n, "", dtype=object)
+    counts = (
+        file["n_events"][:n].astype(np.int32)
+        if "n_events" in file
+        else np.full(n, NOT_COUNTED, np.int32)
+    )
+    if layout.format_version < 2:
+        empty = np.empty(0, dtype=object)
+        return _Columns(ids, labels, prints, counts, empty, empty)
+    sources = _read_strings(file, "sources", m)
+    keys = np.array([v.decode("ascii", "replace") for v in file["source_keys"][:m]], object)
+    table = file["commits"][: layout.n_commits].astype(np.uint64)
+    row = source = 0
+    for index, (end_row, end_source, _, expected) in enumerate(table.tolist()):
+        got = column_checksum(
+            ids[row:end_row],
+            labels[row:end_row],
+            prints[row:end_row],
+            counts[row:end_row],
+            sources[source:end_source],
+            keys[source:end_source],
+        )
+        if got != expected:
+            raise _damaged(
+                path,
+                f"batch {index + 1} of {layout.n_commits} (rows {row}..{end_row - 1}): its ids, "
+                "labels, fingerprints or event counts do not match their checksum",
+            )
+        row, source = end_row, end_source
+    return _Columns(ids, labels, prints, counts, sources, keys)
+
+
 class EmbeddingStore:
-    """Read-only view of the committed rows of an embedding store."""
+    """Read-only view of the committed rows of an embedding store.
+
+    Every read of a store's columns, and every pass over all of its vectors (``vectors()``,
+    ``iter_blocks``, ``statistics``), is checked against the checksums of its committed
+    batches: a damaged store raises :class:`~beatmap_fid.errors.StoreDamagedError`
+    naming ``beatmap-fid check --repair``, never returns changed data.
+    """
 
     def __init__(self, path: str | Path, *, _lock_held: bool = False) -> None:
         self.path = Path(path)
         self._file = _open_hdf5(self.path, "r", _lock_held)
         try:
-            self._n_rows, self._n_commits = _committed_rows(self._file, self.path)
+            self._layout = _store_layout(self._file, self.path)
             self.dim = int(self._file.attrs["dim"])
             self.extractor = _text_attribute(self._file, "extractor")
             self.config_hash = _text_attribute(self._file, "config_hash")
             self.library_version = _text_attribute(self._file, "library_version")
-            self.format_version = int(self._file.attrs["format_version"])
+            self.format_version = self._layout.format_version
             self._config_json = _text_attribute(self._file, "config")
             try:
                 json.loads(self._config_json)
             except json.JSONDecodeError as exc:
                 raise StoreError(f"{self.path} is malformed: its config is not JSON") from exc
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            self._file.close()
+            raise _damaged(self.path, f"HDF5 cannot read it ({exc})") from exc
         except BaseException:
             self._file.close()
             raise
+        self._n_rows = self._layout.n_rows
         self._vectors = self._file["vectors"]
-        self._ids: np.ndarray | None = None
-        self._labels: np.ndarray | None = None
-        self._fingerprints: np.ndarray | None = None
-        self._n_events: np.ndarray | None = None
+        self._columns: _Columns | None = None
+
+    def _column_data(self) -> _Columns:
+        if self._columns is None:
+            try:
+                self._columns = _read_columns(self._file, self.path, self._layout)
+            except (OSError, RuntimeError) as exc:
+                raise _damaged(self.path, f"HDF5 cannot read its columns ({exc})") from exc
+        return self._columns
 
     @property
     def config(self) -> dict[str, Any]:
@@ -502,54 +651,39 @@ class EmbeddingStore:
     @property
     def ids(self) -> np.ndarray:
         """Row ids, an object array of str (read once, then cached)."""
-        if self._ids is None:
-            self._ids = _read_strings(self._file, "ids", self._n_rows)
-        return self._ids
+        return self._column_data().ids
 
     @property
     def labels(self) -> np.ndarray | None:
         """Row labels as an object array of str ("" = no label), or None when no row has one."""
-        if self._labels is None:
-            if self.format_version >= 2:
-                ends = self._file["labels_ends"]
-                if self._n_rows == 0 or int(ends[self._n_rows - 1]) == 0:
-                    return None
-            elif "labels" not in self._file:
-                return None
-            self._labels = _read_strings(self._file, "labels", self._n_rows)
-        return self._labels
+        labels = self._column_data().labels
+        return labels if any(labels) else None
 
     @property
     def fingerprints(self) -> np.ndarray:
         """Row fingerprints as an object array of str ("" = none recorded; see ``append``)."""
-        if self._fingerprints is None:
-            if "fingerprints" in self._file:
-                raw = self._file["fingerprints"][: self._n_rows]
-                self._fingerprints = np.array([value.decode("ascii") for value in raw], object)
-            else:
-                self._fingerprints = np.full(self._n_rows, "", dtype=object)
-        return self._fingerprints
+        return self._column_data().fingerprints
 
     @property
     def n_events(self) -> np.ndarray | None:
         """Beatmap events per row, int32 (0: an empty window; −1: not counted), or None when
         no row was counted (see :attr:`beatmap_fid.extractors.base.Item.n_events`)."""
-        if self._n_events is None:
-            if "n_events" not in self._file:
-                return None
-            counts = self._file["n_events"][: self._n_rows].astype(np.int32)
-            if not (counts != NOT_COUNTED).any():
-                return None
-            self._n_events = counts
-        return self._n_events
+        counts = self._column_data().n_events
+        return counts if (counts != NOT_COUNTED).any() else None
+
+    @property
+    def completed_sources(self) -> dict[str, str]:
+        """Source files whose every item is stored: source id → key of the file's bytes
+        (see :meth:`StoreWriter.append`)."""
+        columns = self._column_data()
+        return dict(zip(columns.sources.tolist(), columns.source_keys.tolist()))
 
     @property
     def commits(self) -> np.ndarray:
-        """Committed batches, uint64 ``(k, 3)``: end row, vector checksum, string checksum
-        (:func:`batch_checksums`); empty for format version 1."""
+        """Committed batches, uint64 ``(k, 4)`` (:data:`COMMIT_COLUMNS`); empty for format 1."""
         if self.format_version < 2:
-            return np.zeros((0, 3), dtype=np.uint64)
-        return self._file["commits"][: self._n_commits]
+            return np.zeros((0, len(COMMIT_COLUMNS)), dtype=np.uint64)
+        return self._file["commits"][: self._layout.n_commits]
 
     def _block_rows(self, block_rows: int | None) -> int:
         chunk = self.chunk_rows
@@ -563,21 +697,33 @@ class EmbeddingStore:
         """``(start_row, float32 block)`` over all rows in order, each row exactly once.
 
         Blocks are whole chunks (about 64 MiB by default); a ``block_rows`` of at least one
-        chunk is rounded down to whole chunks so that every read is chunk aligned.
+        chunk is rounded down to whole chunks so that every read is chunk aligned. Each
+        committed batch's vectors are checked against its checksum as the pass goes by.
         """
         step = self._block_rows(block_rows)
+        verifier = _VectorVerifier(self.path, self.commits) if self.format_version >= 2 else None
         for start in range(0, self._n_rows, step):
-            yield start, self._vectors[start : min(start + step, self._n_rows)]
+            try:
+                block = self._vectors[start : min(start + step, self._n_rows)]
+            except (OSError, RuntimeError) as exc:
+                raise _damaged(self.path, f"HDF5 cannot read rows from {start} ({exc})") from exc
+            if verifier is not None:
+                verifier.feed(block)
+            yield start, block
 
     def vectors(self, rows: int | slice | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """float32 vectors of all rows, a slice, an int, or an index / boolean mask array.
 
         Index arrays are read in sorted order, one contiguous range per chunk, and returned
         in the order asked for (negative indices count from the end, repeats are allowed).
+        All rows at once are checked against the batch checksums.
         """
         n = self._n_rows
         if rows is None:
-            return self._vectors[:n]
+            out = np.empty((n, self.dim), dtype=np.float32)
+            for start, block in self.iter_blocks():
+                out[start : start + len(block)] = block
+            return out
         if isinstance(rows, slice):
             start, stop, step = rows.indices(n)
             if step == 1:
@@ -638,6 +784,43 @@ class EmbeddingStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _VectorVerifier:
+    """Checks the vectors of each committed batch as consecutive blocks of rows go by."""
+
+    def __init__(self, path: Path, commits: np.ndarray) -> None:
+        self.path = path
+        self.ends = commits[:, 0].astype(np.int64).tolist()
+        self.sums = commits[:, 2].tolist()
+        self.batch = 0
+        self.row = 0
+        self.digest = hashlib.blake2b(digest_size=8)
+        self._close_empty_batches()
+
+    def _close_empty_batches(self) -> None:
+        while self.batch < len(self.ends) and self.ends[self.batch] == self.row:
+            self._check()
+
+    def _check(self) -> None:
+        if int.from_bytes(self.digest.digest(), "little") != self.sums[self.batch]:
+            start = self.ends[self.batch - 1] if self.batch else 0
+            raise _damaged(
+                self.path,
+                f"batch {self.batch + 1} of {len(self.ends)} (rows {start}.."
+                f"{self.ends[self.batch] - 1}): its vectors do not match their checksum",
+            )
+        self.batch += 1
+        self.digest = hashlib.blake2b(digest_size=8)
+
+    def feed(self, block: np.ndarray) -> None:
+        position = 0
+        while position < len(block):
+            take = min(len(block) - position, self.ends[self.batch] - self.row)
+            self.digest.update(np.ascontiguousarray(block[position : position + take], "<f4"))
+            position += take
+            self.row += take
+            self._close_empty_batches()
 
 
 def open_store(path: str | Path) -> EmbeddingStore:
@@ -741,6 +924,18 @@ def _is_disk_full(exc: Exception) -> bool:
     return code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
 
 
+def _commit_count_record(n_commits: int) -> np.ndarray:
+    """The ``n_commits`` dataset: the count and its bitwise complement (see ``_commit_count``)."""
+    return np.array([n_commits, ~n_commits], dtype=np.int64)
+
+
+def _validated_sources(completed: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = [(str(source), str(key)) for source, key in completed]
+    _check_encodable([source for source, _ in out], "source ids")
+    _validated_fingerprints([key for _, key in out], len(out))
+    return out
+
+
 class StoreWriter:
     """Creates a store or appends to one, one batch at a time, as the only writer.
 
@@ -807,6 +1002,13 @@ class StoreWriter:
                 file.attrs["config_hash"] = self.config_hash
                 file.attrs["library_version"] = __version__
                 file.attrs["dim"] = self.dim
+                file.attrs["header_checksum"] = header_checksum(
+                    FORMAT_VERSION,
+                    self.extractor,
+                    canonical_config_json(config),
+                    self.config_hash,
+                    self.dim,
+                )
                 file.create_dataset(
                     "vectors",
                     shape=(0, self.dim),
@@ -829,13 +1031,14 @@ class StoreWriter:
                         dtype=np.int64,
                         chunks=(ROW_CHUNK_ROWS,),
                     )
-                file.create_dataset(
-                    "fingerprints",
-                    shape=(0,),
-                    maxshape=(None,),
-                    dtype=_FINGERPRINT,
-                    chunks=(ROW_CHUNK_ROWS,),
-                )
+                for name in ("fingerprints", "source_keys"):
+                    file.create_dataset(
+                        name,
+                        shape=(0,),
+                        maxshape=(None,),
+                        dtype=_FINGERPRINT,
+                        chunks=(ROW_CHUNK_ROWS,),
+                    )
                 file.create_dataset(
                     "n_events",
                     shape=(0,),
@@ -843,14 +1046,15 @@ class StoreWriter:
                     dtype=np.int32,
                     chunks=(ROW_CHUNK_ROWS,),
                 )
+                width = len(COMMIT_COLUMNS)
                 file.create_dataset(
                     "commits",
-                    shape=(0, 3),
-                    maxshape=(None, 3),
+                    shape=(0, width),
+                    maxshape=(None, width),
                     dtype=np.uint64,
-                    chunks=(COMMIT_CHUNK_ROWS, 3),
+                    chunks=(COMMIT_CHUNK_ROWS, width),
                 )
-                file.create_dataset("n_commits", data=np.zeros(1, dtype=np.int64))
+                file.create_dataset("n_commits", data=_commit_count_record(0))
             os.replace(temporary, self.path)
         except (OSError, RuntimeError) as exc:
             if _is_disk_full(exc):
@@ -862,15 +1066,20 @@ class StoreWriter:
     def _open(self) -> h5py.File:
         """Open the store for writing; a format-1 store is first rewritten in format 2."""
         with _open_hdf5(self.path, "r", lock_held=True) as file:
-            _committed_rows(file, self.path)  # refuse a malformed store before any write
-            version = int(file.attrs["format_version"])
+            version = _store_layout(file, self.path).format_version  # refuse a bad store
+        _remove_stale_temporaries(self.path)
         if version < FORMAT_VERSION:
             _rewrite(self.path, np.zeros(0, dtype=np.int64))
         return _open_hdf5(self.path, "r+", lock_held=True)
 
     def _load(self) -> None:
         file = self._file
-        self._n_rows, self._n_commits = _committed_rows(file, self.path)
+        layout = _store_layout(file, self.path)
+        self._n_rows, self._n_commits, self._n_sources = (
+            layout.n_rows,
+            layout.n_commits,
+            layout.n_sources,
+        )
         stored_extractor = _text_attribute(file, "extractor")
         stored_hash = _text_attribute(file, "config_hash")
         if stored_extractor != self.extractor or stored_hash != self.config_hash:
@@ -886,14 +1095,19 @@ class StoreWriter:
                 f"{self.path} holds vectors of dimension {stored_dim}, but this writer has "
                 f"dimension {self.dim}; write to another store"
             )
-        n = self._n_rows
+        columns = _read_columns(file, self.path, layout)
         self._bytes_used = {
-            column: int(file[f"{column}_ends"][n - 1]) if n else 0 for column in _STRING_COLUMNS
+            column: int(file[f"{column}_ends"][count - 1]) if count else 0
+            for column, count in (
+                ("ids", self._n_rows),
+                ("labels", self._n_rows),
+                ("sources", self._n_sources),
+            )
         }
-        ids = _read_strings(file, "ids", n).tolist()
-        prints = [value.decode("ascii") for value in file["fingerprints"][:n]]
-        self._fingerprint_of = dict(zip(ids, prints))  # the last row of each id wins
-        self._superseded = n - len(self._fingerprint_of)
+        # The last row of each id wins (earlier ones were superseded).
+        self._fingerprint_of = dict(zip(columns.ids.tolist(), columns.fingerprints.tolist()))
+        self._superseded = self._n_rows - len(self._fingerprint_of)
+        self._completed = dict(zip(columns.sources.tolist(), columns.source_keys.tolist()))
 
     @property
     def existing_ids(self) -> Any:
@@ -915,6 +1129,10 @@ class StoreWriter:
     def __len__(self) -> int:
         return self._n_rows
 
+    def completed_key(self, source_id: str) -> str | None:
+        """Key of a source file recorded as complete (every item stored), None otherwise."""
+        return self._completed.get(source_id)
+
     def retain(self, ids: Iterable[str]) -> None:
         """Keep only rows of ``ids`` when the writer closes; the others are dropped then."""
         self._retained = set(ids)
@@ -926,17 +1144,18 @@ class StoreWriter:
         labels: Iterable[str | None] | None = None,
         fingerprints: Iterable[str | None] | None = None,
         n_events: Iterable[int | None] | None = None,
+        completed: Sequence[tuple[str, str]] = (),
     ) -> int:
         """Write the rows that are new and commit them; the number of rows written.
 
         A row is skipped when its id is stored already, unless it carries a fingerprint that
         differs from the stored one: then the new row supersedes the stored row. Repeats
         within the batch after their first occurrence are skipped. ``n_events``: the beatmap
-        events of each item (None where not counted). A batch with a NaN or infinite vector
-        is rejected whole (NonFiniteError).
+        events of each item (None where not counted). ``completed``: (source id, key) of
+        source files whose every item is stored once this batch is (a resumed run skips
+        them without reading them), committed with the batch. A batch with a NaN or
+        infinite vector is rejected whole (NonFiniteError).
         """
-        if self._broken:
-            raise StoreError(f"{self.path}: this writer stopped after an error; open a new one")
         ids = _validated_ids(ids)
         array = _validated_vectors(vectors, self.dim, len(ids))
         label_list = [""] * len(ids) if labels is None else _validated_labels(labels, len(ids))
@@ -958,13 +1177,14 @@ class StoreWriter:
                 f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); nothing of this "
                 "batch was written. Check the inputs of those items or leave them out"
             )
+        records = _validated_sources(completed)
         keep: list[int] = []
         seen: set[str] = set()
         for row, item_id in enumerate(ids):
             if item_id not in seen and not self.holds(item_id, print_list[row]):
                 seen.add(item_id)
                 keep.append(row)
-        if not keep:
+        if not keep and not records:
             return 0
         self._write(
             [ids[row] for row in keep],
@@ -972,8 +1192,16 @@ class StoreWriter:
             [label_list[row] for row in keep],
             [print_list[row] for row in keep],
             counts[keep],
+            records,
         )
         return len(keep)
+
+    def complete(self, completed: Sequence[tuple[str, str]]) -> None:
+        """Record source files as complete (see :meth:`append`) in a commit of their own."""
+        records = _validated_sources(completed)
+        if records:
+            empty = np.zeros((0, self.dim), np.float32)
+            self._write([], empty, [], [], np.zeros(0, np.int32), records)
 
     def _reserve(self, nbytes: int) -> None:
         """Allocate ``nbytes`` of disk after the file's allocated end before HDF5 writes.
@@ -1013,46 +1241,61 @@ class StoreWriter:
         labels: list[str],
         prints: list[str],
         counts: np.ndarray,
+        records: list[tuple[str, str]],
     ) -> None:
+        if self._broken:
+            raise StoreError(f"{self.path}: this writer stopped after an error; open a new one")
         start, stop = self._n_rows, self._n_rows + len(ids)
-        encoded = {"ids": _encoded(ids), "labels": _encoded(labels)}
+        sources = [source for source, _ in records]
+        keys = [key for _, key in records]
+        source_stop = self._n_sources + len(records)
+        encoded = {"ids": _encoded(ids), "labels": _encoded(labels), "sources": _encoded(sources)}
         self._reserve(
             2 * (vectors.nbytes + sum(blob.nbytes + ends.nbytes for blob, ends in encoded.values()))
             + RESERVE_MARGIN
         )
-        vector_sum, string_sum = batch_checksums(vectors, ids, labels, prints, counts)
+        commit = (
+            stop,
+            source_stop,
+            vector_checksum(vectors),
+            column_checksum(ids, labels, prints, counts, sources, keys),
+        )
         file, data = self._file, self._datasets
         try:
             _grow(data["vectors"], stop)
             data["vectors"][start:stop] = vectors
             for column, (blob, ends) in encoded.items():
+                first = self._n_sources if column == "sources" else start
                 base = self._bytes_used[column]
                 if blob.size:
                     _grow(data[f"{column}_bytes"], base + blob.size)
                     data[f"{column}_bytes"][base : base + blob.size] = blob
-                _grow(data[f"{column}_ends"], stop)
-                data[f"{column}_ends"][start:stop] = base + ends
+                _grow(data[f"{column}_ends"], first + len(ends))
+                data[f"{column}_ends"][first : first + len(ends)] = base + ends
             _grow(data["fingerprints"], stop)
             data["fingerprints"][start:stop] = np.array(prints, dtype=_FINGERPRINT)
             _grow(data["n_events"], stop)
             data["n_events"][start:stop] = counts
+            _grow(data["source_keys"], source_stop)
+            data["source_keys"][self._n_sources : source_stop] = np.array(keys, _FINGERPRINT)
             _grow(data["commits"], self._n_commits + 1)
-            data["commits"][self._n_commits] = (stop, vector_sum, string_sum)
+            data["commits"][self._n_commits] = commit
             file.flush()  # the batch is on disk before the count that makes it visible
-            data["n_commits"][0] = self._n_commits + 1
+            data["n_commits"][:] = _commit_count_record(self._n_commits + 1)
             file.flush()
         except (OSError, RuntimeError) as exc:  # h5py raises either for a failed write
             self._broken = True
             if _is_disk_full(exc):
                 raise self._full_error(exc) from exc
             raise StoreError(f"writing {self.path} failed: {exc}") from exc
-        self._n_rows, self._n_commits = stop, self._n_commits + 1
+        self._n_rows, self._n_commits, self._n_sources = stop, self._n_commits + 1, source_stop
         for column, (blob, _) in encoded.items():
             self._bytes_used[column] += blob.size
         for item_id, value in zip(ids, prints):
             if item_id in self._fingerprint_of:
                 self._superseded += 1
             self._fingerprint_of[item_id] = value
+        self._completed.update(records)
 
     def _rows_to_drop(self) -> np.ndarray:
         """Rows that closing drops: superseded rows and rows of ids :meth:`retain` left out."""
@@ -1097,10 +1340,13 @@ class StoreWriter:
 
 
 def _copy_rows(store: EmbeddingStore, writer: StoreWriter, keep: np.ndarray | None = None) -> None:
-    """Append ``store``'s rows (those where ``keep`` is True, default all) to ``writer``.
+    """Append ``store``'s rows (those where ``keep`` is True, default all) to ``writer``, with
+    the completed sources that still have rows.
 
     Ids the writer holds already are skipped, whatever their fingerprints.
     """
+    from beatmap_fid.extractors.base import map_id
+
     ids, labels, prints, counts = store.ids, store.labels, store.fingerprints, store.n_events
     new = np.fromiter((item_id not in writer for item_id in ids), dtype=bool, count=len(ids))
     keep = new if keep is None else keep & new
@@ -1115,6 +1361,14 @@ def _copy_rows(store: EmbeddingStore, writer: StoreWriter, keep: np.ndarray | No
             [value or None for value in prints[rows]],
             None if counts is None else [c if c >= 0 else None for c in counts[rows].tolist()],
         )
+    kept_maps = {map_id(item_id) for item_id in ids[keep]}
+    writer.complete(
+        [
+            (source, key)
+            for source, key in store.completed_sources.items()
+            if source in kept_maps and writer.completed_key(source) is None
+        ]
+    )
 
 
 def _rewrite(path: Path, drop: np.ndarray) -> None:
@@ -1133,6 +1387,176 @@ def _rewrite(path: Path, drop: np.ndarray) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove temporary files that writers of ``path`` killed mid-rewrite left beside it.
+
+    Only called under the store's writer lock, so no live writer owns them.
+    """
+    for pattern in (f".{path.name}.*.rewrite.h5", f".{path.name}.*.tmp"):
+        for stale in path.parent.glob(pattern):
+            stale.unlink(missing_ok=True)
+            _lock_path(stale).unlink(missing_ok=True)
+
+
+@dataclass
+class StoreCheck:
+    """What :func:`check_store` found, and what ``repair`` did."""
+
+    path: Path
+    n_rows: int
+    n_batches: int
+    problems: list[str]
+    dropped_rows: int = 0
+    dropped_batches: int = 0
+    backup: Path | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _batch_data(file: h5py.File, start: int, stop: int, first: int, last: int) -> tuple:
+    """Vectors, ids, labels, fingerprints, counts, sources and keys of one batch's rows."""
+
+    def strings(column: str, a: int, b: int) -> list[str]:
+        if a == b:
+            return []
+        ends = file[f"{column}_ends"][max(a - 1, 0) : b].astype(np.int64)
+        base = int(ends[0]) if a > 0 else 0
+        bounds = [base, *(ends[1:] if a > 0 else ends).tolist()]
+        if any(y < x for x, y in itertools.pairwise(bounds)) or not (
+            0 <= bounds[0] and bounds[-1] <= file[f"{column}_bytes"].shape[0]
+        ):
+            raise ValueError(f"the offsets of the {column} are invalid")
+        blob = file[f"{column}_bytes"][bounds[0] : bounds[-1]].tobytes()
+        return [blob[x - base : y - base].decode("utf-8") for x, y in itertools.pairwise(bounds)]
+
+    prints = [v.decode("ascii") for v in file["fingerprints"][start:stop]]
+    keys = [v.decode("ascii") for v in file["source_keys"][first:last]]
+    return (
+        file["vectors"][start:stop],
+        strings("ids", start, stop),
+        strings("labels", start, stop),
+        prints,
+        file["n_events"][start:stop].astype(np.int32),
+        strings("sources", first, last),
+        keys,
+    )
+
+
+def _intact_batches(file: h5py.File, path: Path) -> tuple[list[tuple], list[str], int, int]:
+    """The batches of a format-2 store whose checksums hold, what is wrong with the others,
+    and the numbers of batches and rows examined."""
+    problems: list[str] = []
+    try:
+        n_commits = _commit_count(file, path)
+    except StoreDamagedError:
+        n_commits = file["commits"].shape[0]  # look at every recorded batch
+        problems.append("the commit count is unreadable; every recorded batch was examined")
+    table = file["commits"][:n_commits].astype(np.uint64).tolist()
+    whole = None
+    if table and all(
+        b[0] >= a[0] and b[1] >= a[1] for a, b in itertools.pairwise([(0, 0), *table])
+    ):
+        try:  # one read of everything; batch by batch only when that fails
+            whole = _batch_data(file, 0, int(table[-1][0]), 0, int(table[-1][1]))
+        except (OSError, RuntimeError, ValueError, UnicodeDecodeError):
+            whole = None
+    intact: list[tuple] = []
+    row = source = 0
+    for index, (end_row, end_source, vector_sum, column_sum) in enumerate(table):
+        where = f"batch {index + 1} of {len(table)} (rows {row}..{end_row - 1})"
+        if end_row < row or end_source < source:
+            problems.append(f"{where}: its extent is out of order")
+            continue
+        try:
+            if whole is not None:
+                rows, sources = slice(row, end_row), slice(source, end_source)
+                data = tuple(part[rows] for part in whole[:5]) + tuple(
+                    part[sources] for part in whole[5:]
+                )
+            else:
+                data = _batch_data(file, row, end_row, source, end_source)
+        except (OSError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+            problems.append(f"{where}: unreadable ({type(exc).__name__})")
+        else:
+            if vector_checksum(data[0]) != vector_sum:
+                problems.append(f"{where}: its vectors do not match their checksum")
+            elif column_checksum(*data[1:]) != column_sum:
+                problems.append(f"{where}: its ids, labels or fingerprints do not match")
+            else:
+                intact.append(data)
+        row, source = end_row, end_source
+    return intact, problems, len(table), row
+
+
+def check_store(path: str | Path, *, repair: bool = False) -> StoreCheck:
+    """Check every committed batch of a store against its checksums.
+
+    With ``repair``, a damaged store is rebuilt from the batches that are intact (the
+    damaged file is kept beside it as ``<name>.damaged``); what was dropped is reported.
+    Runs under the store's writer lock.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no embedding store at {path}")
+    with _WriterLock(path):
+        try:
+            file = _open_hdf5(path, "r", lock_held=True)
+        except StoreLockedError:
+            raise
+        except StoreError as exc:
+            raise StoreDamagedError(f"{path} cannot be checked or repaired: {exc}") from exc
+        with file:
+            try:
+                layout = _store_layout(file, path)
+            except StoreDamagedError as exc:
+                if "attributes" in str(exc):
+                    raise StoreDamagedError(
+                        f"{path} cannot be repaired: its extractor and configuration attributes "
+                        "are damaged, so nothing says what its vectors are"
+                    ) from exc
+                layout = None
+            if layout is not None and layout.format_version < 2:
+                return StoreCheck(
+                    path,
+                    layout.n_rows,
+                    0,
+                    [],
+                    note="format 1 records no checksums; the next writer rewrites it as format 2",
+                )
+            intact, problems, n_batches, examined_rows = _intact_batches(file, path)
+            extractor = _text_attribute(file, "extractor")
+            config = json.loads(_text_attribute(file, "config"))
+            dim = int(file.attrs["dim"])
+        n_rows = sum(len(batch[1]) for batch in intact)
+        result = StoreCheck(path, n_rows, n_batches, problems)
+        if not problems or not repair:
+            return result
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.repair.h5")
+        temporary.unlink(missing_ok=True)
+        try:
+            with StoreWriter(temporary, extractor, config, dim) as writer:
+                for vectors, ids, labels, prints, counts, sources, keys in intact:
+                    writer.append(
+                        ids,
+                        vectors,
+                        labels,
+                        [value or None for value in prints],
+                        [c if c >= 0 else None for c in counts.tolist()],
+                        completed=list(zip(sources, keys)),
+                    )
+            result.backup = path.with_name(path.name + ".damaged")
+            os.replace(path, result.backup)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        result.dropped_batches = n_batches - len(intact)
+        result.dropped_rows = examined_rows - n_rows
+        return result
 
 
 def merge_stores(

@@ -103,3 +103,49 @@ def test_the_cli_without_cache_leaves_nothing_behind(
     assert main(["cache", "--clear", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["removed"] == 2
     assert not list(cache.glob("*.h5"))
+
+
+def test_a_resume_does_not_read_maps_already_complete(
+    synthetic_beatmaps: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import beatmap_fid.beatmap.reading as reading
+
+    folder = _copy(synthetic_beatmaps, tmp_path / "maps")
+    reads: list[str] = []
+    real_read = reading.read_beatmap_file
+
+    def counting_read(path, **kwargs):
+        reads.append(Path(path).name)
+        return real_read(path, **kwargs)
+
+    monkeypatch.setattr(reading, "read_beatmap_file", counting_read)
+    extractor = build_extractor("descriptors")
+    store = tmp_path / "store.h5"
+    real_embed = extractor.embed
+    calls = {"n": 0}
+
+    def dying_embed(payloads):  # the run is interrupted after its second batch
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_embed(payloads)
+
+    extractor.embed = dying_embed
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_store(folder, extractor, store, batch_size=8, progress=False)
+    extractor.embed = real_embed
+    first_reads = len(reads)
+    reads.clear()
+    resumed = embed_to_store(folder, extractor, store, batch_size=8, progress=False)
+    assert 0 < len(reads) < first_reads  # maps finished before the interruption are not read
+    reads.clear()
+    again = embed_to_store(folder, extractor, store, batch_size=8, progress=False)
+    assert reads == [] and again.written == 0
+    assert sorted(again.ids) == sorted(resumed.ids)
+    fresh = embed_to_store(folder, extractor, tmp_path / "fresh.h5", progress=False)
+    assert sorted(again.ids) == sorted(fresh.ids)
+    maps = sorted(folder.rglob("*.osu"))
+    maps[0].write_text(maps[0].read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    reads.clear()
+    embed_to_store(folder, extractor, store, batch_size=8, progress=False)
+    assert reads == [maps[0].name]  # only the changed map is read again

@@ -32,11 +32,12 @@ from beatmap_fid.store import (
     FORMAT_VERSION,
     EmbeddingStore,
     StoreWriter,
-    batch_checksums,
+    column_checksum,
     lookup3,
     merge_stores,
     open_store,
     superblock_eoa_field,
+    vector_checksum,
 )
 
 CHILD_SCRIPT = Path(__file__).with_name("store_writer_child.py")
@@ -360,6 +361,12 @@ def _count_beyond_rows(path: Path) -> None:
         file["commits"][0, 0] = 5
 
 
+def _count_damaged(path: Path) -> None:
+    _write(path, ["a"], _vectors(1, 4))
+    with h5py.File(path, "r+") as file:
+        file["n_commits"][0] = 0
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -372,6 +379,7 @@ def _count_beyond_rows(path: Path) -> None:
         (_truncated, "truncated or corrupt"),
         (_missing_dataset, "'ids_ends' is missing"),
         (_count_beyond_rows, "are committed"),
+        (_count_damaged, "commit count is unreadable"),
     ],
     ids=[
         "missing",
@@ -383,6 +391,7 @@ def _count_beyond_rows(path: Path) -> None:
         "truncated",
         "no-ids",
         "count",
+        "damaged-count",
     ],
 )
 def test_unusable_files_raise_store_error(tmp_path, make, message):
@@ -639,16 +648,16 @@ def test_commits_record_checksums_of_each_batch(tmp_path):
     batches = [(["a", "b"], _vectors(2, 3, 1), ["x", ""]), (["c"], _vectors(1, 3, 2), None)]
     with StoreWriter(path, "tiny", CONFIG, 3) as writer:
         for ids, vectors, labels in batches:
-            writer.append(ids, vectors, labels)
+            writer.append(ids, vectors, labels, completed=[("src", PRINT_A)] if labels else ())
     with EmbeddingStore(path) as store:
         commits = store.commits
-    assert commits[:, 0].tolist() == [2, 3]
-    for (ids, vectors, labels), row in zip(batches, commits):
+        assert store.completed_sources == {"src": PRINT_A}
+    assert commits[:, :2].tolist() == [[2, 1], [3, 1]]
+    for (ids, vectors, labels), row, sources in zip(batches, commits, (["src"], [])):
         labels = labels or [""] * len(ids)
-        blank = [""] * len(ids)
-        assert tuple(row[1:].tolist()) == batch_checksums(
-            vectors, ids, labels, blank, [-1] * len(ids)
-        )
+        blank, keys = [""] * len(ids), [PRINT_A] * len(sources)
+        assert row[2] == vector_checksum(vectors)
+        assert row[3] == column_checksum(ids, labels, blank, [-1] * len(ids), sources, keys)
 
 
 @pytest.fixture

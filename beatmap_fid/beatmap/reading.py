@@ -627,6 +627,21 @@ def find_audio(osu_path: str | Path, audio_filename: str | None) -> Path | None:
     return min(matches) if matches else None
 
 
+_AUDIO_LINE = re.compile(r"^\s*AudioFilename\s*:(.*)$", re.MULTILINE)
+
+
+def map_source_files(path: Path) -> tuple[Path, ...]:
+    """The ``.osu`` file and the audio file it names (when present), found without parsing
+    the map: what a map's embeddings can depend on."""
+    try:
+        text, _ = decode_osu_bytes(path.read_bytes()[:MAX_FILE_BYTES])
+    except OSError:
+        return (path,)
+    match = _AUDIO_LINE.search(text)
+    audio = find_audio(path, match.group(1)) if match else None
+    return (path,) if audio is None else (path, audio)
+
+
 def read_beatmap_file(
     path: str | Path, *, root: str | Path | None = None, modes: Collection[int] = (0,)
 ) -> BeatmapFile:

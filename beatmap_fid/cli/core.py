@@ -178,6 +178,39 @@ def _run_extractors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_check(args: argparse.Namespace) -> int:
+    from beatmap_fid.store import check_store
+
+    result = check_store(args.store, repair=args.repair)
+    summary = {
+        "store": str(result.path),
+        "batches": result.n_batches,
+        "rows": result.n_rows,
+        "ok": result.ok,
+        "problems": result.problems,
+        "repaired": result.backup is not None,
+        "dropped_batches": result.dropped_batches,
+        "dropped_rows": result.dropped_rows,
+        "backup": None if result.backup is None else str(result.backup),
+        "note": result.note,
+    }
+    lines = [f"{result.path}: {result.n_batches} batches, {result.n_rows} intact rows"]
+    lines += [f"  {problem}" for problem in result.problems]
+    if result.note:
+        lines.append(f"  {result.note}")
+    if result.backup is not None:
+        lines.append(
+            f"repaired: dropped {result.dropped_batches} batches ({result.dropped_rows} rows); "
+            f"the damaged file is kept as {result.backup}"
+        )
+    elif result.ok:
+        lines.append("every committed batch matches its checksums")
+    else:
+        lines.append(f"damaged: run `beatmap-fid check {result.path} --repair`")
+    emit(args, summary, "\n".join(lines))
+    return 0 if result.ok or result.backup is not None else 1
+
+
 def _run_cache(args: argparse.Namespace) -> int:
     from beatmap_fid.api import default_store_dir
 
@@ -232,6 +265,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strict", action="store_true", help="exit 1 when any input is skipped")
     add_json_flag(parser)
     parser.set_defaults(run=_run_embed)
+
+    parser = subparsers.add_parser(
+        "check", help="check a store against its checksums; --repair keeps the intact batches"
+    )
+    parser.add_argument("store", help="embedding store (.h5)")
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild a damaged store from its intact batches (the damaged file is kept)",
+    )
+    add_json_flag(parser)
+    parser.set_defaults(run=_run_check)
 
     parser = subparsers.add_parser(
         "cache",
