@@ -5,7 +5,8 @@ matches the reference), ``bfloat16`` and ``float16`` (autocast), ``compile`` (``
 float32) and ``compile+bfloat16``. Each runs ``extractor.embed`` from window payloads (numpy
 audio + tokens) to float32 vectors at each batch size (``window_batch``), in the same run,
 options interleaved within each repeat; the ratio is against float32 at the same batch size.
-Compiling happens in the first (untimed) call, whose seconds are shown.
+The first (untimed) call runs one window, or the whole batch when compiled (compiling happens
+there); its seconds are shown.
 
 ``--agreement``: the same options on real windows of ``../shared/data`` (maps with audio,
 osu!standard), each window's cosine to its float32 vector and the Fréchet distance between two
@@ -16,7 +17,7 @@ written with ``save_checkpoint`` and loaded through the extractor. Usage::
 
     python benchmarks/bench_classifier.py [--batch-sizes 1 8 32] [--repeats 1] [--threads 2]
         [--options float32 bfloat16 compile+bfloat16] [--agreement [--maps-per-set 2]
-        [--window-step 3] [--cache DIR]] [--no-speed]
+        [--window-step 3] [--sets N] [--cache DIR]] [--no-speed]
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ def write_checkpoint(folder: Path) -> Path:
     return save_checkpoint(folder / "model.ckpt", build_model(settings).eval(), tokenizer)
 
 
+def warm_up(batch: list, options: dict) -> list:
+    """The first call's windows: the whole batch when compiled (one graph per shape), else one."""
+    return batch if options.get("compile") else batch[:1]
+
+
 def speed(loaded, args) -> None:
     settings = loaded.settings
     rng = np.random.default_rng(0)
@@ -109,7 +115,7 @@ def speed(loaded, args) -> None:
                 loaded, device=args.device, window_batch=batch_size, **OPTIONS[name]
             )
             start = time.perf_counter()
-            extractor.embed(batch)  # warm-up; compiles when compiled
+            extractor.embed(warm_up(batch, OPTIONS[name]))
             first[name] = time.perf_counter() - start
             extractors[name] = extractor
         seconds = {name: float("inf") for name in args.options}
@@ -158,7 +164,7 @@ def agreement(loaded, args) -> None:
         print(f"no real data at {SONGS}: agreement skipped")
         return
     reference = MapperClassifierExtractor(loaded, device=args.device)
-    items, halves, ids = real_windows(reference, args.maps_per_set, args.window_step)
+    items, halves, ids = real_windows(reference, args.maps_per_set, args.window_step, args.sets)
     payloads_ = [item.payload for item in items]
     print(
         f"\nreal windows: {len(items)} ({int((halves == 0).sum())} / {int((halves == 1).sum())} "
@@ -193,6 +199,7 @@ def main() -> None:
     parser.add_argument("--agreement", action="store_true", help="agreement on real maps")
     parser.add_argument("--maps-per-set", type=int, default=2)
     parser.add_argument("--window-step", type=int, default=3)
+    parser.add_argument("--sets", type=int, help="only the first SETS song sets (default: all)")
     parser.add_argument("--cache", type=Path, help="folder keeping each option's vectors")
     args = parser.parse_args()
     if args.threads:

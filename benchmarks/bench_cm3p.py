@@ -11,7 +11,7 @@ runs it) and ``bfloat16+banded``.
 Throughput: ``extractor.embed`` from window payloads (tokens + audio) to float32 vectors, on
 real windows at the 2000-token limit (synthetic ones without ``../shared/data``), at each
 batch size (``window_batch``); options interleaved within each repeat; ratio against float32 at
-the same batch size. Then 32 windows of mixed lengths as they come from consecutive maps, run
+the same batch size; the first (untimed) call runs one window. Then 32 windows of mixed lengths as they come from consecutive maps, run
 8 at a time with and without ``sort_by_length``.
 
 ``--agreement``: the options on real windows of ``../shared/data`` (maps of all modes with
@@ -19,7 +19,7 @@ audio), each window's cosine to its float32 vector and the Fréchet distance bet
 of the maps, from float32 vectors and from each option's. Usage::
 
     python benchmarks/bench_cm3p.py [--batch-sizes 1 8 32] [--repeats 1] [--threads 2]
-        [--options float32 bfloat16+banded] [--agreement [--maps-per-set 1] [--window-step 3]
+        [--options float32 bfloat16+banded] [--agreement [--maps-per-set 1] [--window-step 3] [--sets N]
         [--cache DIR]] [--no-speed]
 """
 
@@ -85,6 +85,11 @@ def speed_windows(extractor, folder: Path, n: int) -> tuple[list, list]:
     return longest, mixed
 
 
+def warm_up(batch: list, options: dict) -> list:
+    """The first call's windows: the whole batch when compiled (one graph per shape), else one."""
+    return batch if options.get("compile") else batch[:1]
+
+
 def speed(checkpoint: Path, folder: Path, args) -> None:
     reference = cm3p(checkpoint, args.device, "float32")
     longest, mixed = speed_windows(reference, folder, max(args.batch_sizes))
@@ -102,7 +107,7 @@ def speed(checkpoint: Path, folder: Path, args) -> None:
         for name in args.options:
             extractor = cm3p(checkpoint, args.device, name, window_batch=batch_size)
             start = time.perf_counter()
-            extractor.embed(batch)  # warm-up
+            extractor.embed(warm_up(batch, OPTIONS[name]))
             first[name] = time.perf_counter() - start
             extractors[name] = extractor
         seconds = {name: float("inf") for name in args.options}
@@ -119,6 +124,8 @@ def speed(checkpoint: Path, folder: Path, args) -> None:
             )
         del extractors
     print(f"load after: {load()}")
+    if not args.sort_options:
+        return
     lengths = [len(p.tokens) for p in mixed]
     print(
         f"\nmixed windows: {len(mixed)} of {min(lengths)}-{max(lengths)} tokens (mean "
@@ -146,7 +153,7 @@ def agreement(checkpoint: Path, args) -> None:
         print(f"no real data at {SONGS}: agreement skipped")
         return
     reference = cm3p(checkpoint, args.device, "float32")
-    items, halves, ids = real_windows(reference, args.maps_per_set, args.window_step)
+    items, halves, ids = real_windows(reference, args.maps_per_set, args.window_step, args.sets)
     payloads = [item.payload for item in items]
     lengths = [len(p.tokens) for p in payloads]
     print(
@@ -173,7 +180,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (best kept)")
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument(
-        "--sort-options", nargs="+", default=["bfloat16+banded"], choices=list(OPTIONS)
+        "--sort-options", nargs="*", default=["bfloat16+banded"], choices=list(OPTIONS)
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -182,6 +189,7 @@ def main() -> None:
     parser.add_argument("--agreement", action="store_true", help="agreement on real maps")
     parser.add_argument("--maps-per-set", type=int, default=1)
     parser.add_argument("--window-step", type=int, default=3)
+    parser.add_argument("--sets", type=int, help="only the first SETS song sets (default: all)")
     parser.add_argument("--cache", type=Path, help="folder keeping each option's vectors")
     args = parser.parse_args()
     if args.threads:

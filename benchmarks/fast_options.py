@@ -55,16 +55,22 @@ def best_time(function: Callable[[], Any], repeats: int) -> float:
 
 
 def real_windows(
-    extractor: Any, maps_per_set: int, window_step: int, songs: Path = SONGS
+    extractor: Any,
+    maps_per_set: int,
+    window_step: int,
+    sets: int | None = None,
+    songs: Path = SONGS,
 ) -> tuple[list[Any], np.ndarray, list[str]]:
-    """Window items of real maps with audio: at most ``maps_per_set`` maps of each song set
-    (first by file name), every ``window_step``-th window of each map. Returns the items, the
-    half (0 or 1) of each item (song sets alternate by sorted folder name) and the item ids."""
+    """Window items of real maps with audio: at most ``maps_per_set`` maps of each of the first
+    ``sets`` song sets (all when None; maps first by file name), every ``window_step``-th window
+    of each map. Returns the items, the half (0 or 1) of each item (song sets alternate by
+    sorted folder name) and the item ids."""
     from beatmap_fid.errors import SkipLog
     from beatmap_fid.extractors.base import map_id
 
     items, halves = [], []
-    for index, folder in enumerate(sorted(p for p in songs.iterdir() if p.is_dir())):
+    folders = sorted(p for p in songs.iterdir() if p.is_dir())[:sets]
+    for index, folder in enumerate(folders):
         by_map: dict[str, list[Any]] = {}
         for item in extractor.items(folder, SkipLog()):
             by_map.setdefault(map_id(item.id), []).append(item)

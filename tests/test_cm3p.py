@@ -751,3 +751,18 @@ def test_cm3p_on_cuda_agrees_with_the_cpu(checkpoint, extractor, tmp_path, optio
     on_gpu = build_extractor("cm3p", checkpoint=str(checkpoint), device="cuda", **options)
     cosine = (on_gpu.embed(payloads) * extractor.embed(payloads)).sum(1)
     assert cosine.min() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"attention": "flash"}, "attention must be one of"),
+        ({"sort_by_length": "no"}, "sort_by_length must be true or false"),
+        ({"window_batch": 2.5}, "window_batch must be a whole number"),
+        ({"compile": True}, "has no option 'compile'"),
+    ],
+)
+def test_invalid_speed_option_values_are_one_clear_line(checkpoint, options, message):
+    with pytest.raises(ExtractorError, match=message) as refused:
+        build_extractor("cm3p", checkpoint=str(checkpoint), device="cpu", **options)
+    assert "\n" not in str(refused.value)

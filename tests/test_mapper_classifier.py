@@ -803,7 +803,7 @@ def test_window_batch_runs_windows_in_chunks_with_the_same_vectors():
     np.testing.assert_allclose(chunk_logits, logits, rtol=1e-5, atol=1e-6)
     assert config_hash(chunked.config) == config_hash(whole.config)  # batching is not recorded
     assert np.abs(features[0] - features[1]).max() > 1e-3  # other windows, other vectors
-    with pytest.raises(ExtractorError, match="window_batch"):
+    with pytest.raises(ExtractorError, match="window_batch must be"):
         MapperClassifierExtractor(loaded, device="cpu", window_batch=0)
 
 
@@ -845,3 +845,18 @@ def test_classifier_on_cuda_agrees_with_the_cpu(options):
     exact = MapperClassifierExtractor(loaded, device="cpu").embed(payloads)
     on_gpu = MapperClassifierExtractor(_short_classifier(), device="cuda", **options)
     assert cosines(on_gpu.embed(payloads), exact).min() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"compile": "yes"}, "compile must be true or false"),
+        ({"window_batch": "8"}, "window_batch must be a whole number"),
+        ({"window_batch": 0}, "window_batch must be a whole number"),
+        ({"precision": "float8"}, "precision must be one of"),
+    ],
+)
+def test_invalid_speed_option_values_are_one_clear_line(options, message):
+    with pytest.raises(ExtractorError, match=message) as refused:
+        MapperClassifierExtractor(_short_classifier(), device="cpu", **options)
+    assert "\n" not in str(refused.value)

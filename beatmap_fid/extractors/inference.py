@@ -22,6 +22,20 @@ from beatmap_fid.errors import ExtractorError
 CXX_COMPILERS = ("g++", "clang++", "c++")
 
 
+def flag_option(name: str, value: Any) -> bool:
+    """An on/off extractor option: ``True`` or ``False`` (``--option NAME=true|false``)."""
+    if isinstance(value, bool):
+        return value
+    raise ExtractorError(f"{name} must be true or false, not {value!r}")
+
+
+def count_option(name: str, value: Any) -> int:
+    """A whole-number extractor option of at least 1 (such as ``window_batch``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExtractorError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
 def cpu_bf16_support() -> dict[str, bool]:
     """Native bfloat16 instructions of this CPU: ``avx512_bf16`` and ``amx_bf16`` (AMX tiles)."""
     import torch

@@ -14,11 +14,11 @@ Speed options (the default, float32 with transformers' ``sdpa`` attention, is th
 matches the reference): ``precision="bfloat16"``; ``attention="banded"``, which computes the
 local-attention layers only over the keys their window reaches
 (:mod:`beatmap_fid.extractors.cm3p.attention`; transformers 5 or newer). ``torch.compile`` is
-not offered: on the CPU it took 10 minutes to compile the released model for one input shape
-and ran no faster than bf16 with banded attention (window lengths vary, so shapes would too).
-Windows of any maps are run ``window_batch`` at a time, grouped by token length (``sort_by_length``) so that a batch pads
-little: padding is masked, so grouping changes only float rounding. The agreement of each
-option with float32 on real maps is in ``benchmarks/RESULTS.md``.
+not offered: window lengths vary, so each token length would compile a graph of its own.
+Windows of any maps are run ``window_batch`` at a time, grouped by token length
+(``sort_by_length``) so that a batch pads little: padding is masked, so grouping changes only
+float rounding. The agreement of each option with float32 on real maps is in
+``benchmarks/RESULTS.md``.
 
 All four game modes are read by default, as ``calc_fid.py`` evaluates them.
 """
@@ -94,7 +94,11 @@ class CM3PExtractor:
 
         from beatmap_fid.extractors.cm3p.model import load_model, use_attention
         from beatmap_fid.extractors.cm3p.tokens import BeatmapTokenizer, MetadataTokenizer
-        from beatmap_fid.extractors.inference import warn_if_slow_precision
+        from beatmap_fid.extractors.inference import (
+            count_option,
+            flag_option,
+            warn_if_slow_precision,
+        )
 
         if precision not in PRECISIONS:
             raise ExtractorError(
@@ -106,8 +110,6 @@ class CM3PExtractor:
             )
         if side not in SIDES:
             raise ExtractorError(f"side must be one of {', '.join(SIDES)}, not {side!r}")
-        if window_batch < 1:
-            raise ExtractorError("window_batch must be at least 1")
         self.checkpoint = read_checkpoint(checkpoint)
         self.device = resolve_device(device)
         self.precision = precision
@@ -115,12 +117,12 @@ class CM3PExtractor:
         self.modes = tuple(sorted({int(m) for m in modes}))
         self.audio = bool(audio)
         self.side = side
-        self.window_batch = int(window_batch)
+        self.window_batch = count_option("window_batch", window_batch)
         self.model = load_model(self.checkpoint).to(self.device, self.dtype)
         warn_if_slow_precision(self.device, precision)
         self.attention = attention
         use_attention(self.model, attention)
-        self.sort_by_length = bool(sort_by_length)
+        self.sort_by_length = flag_option("sort_by_length", sort_by_length)
         self.tokenizer = BeatmapTokenizer(
             self.checkpoint.beatmap_tokenizer, self.checkpoint.beatmap_vocab
         )

@@ -137,14 +137,19 @@ class MapperClassifierExtractor:
         window_batch: int = WINDOW_BATCH,
     ) -> None:
         from beatmap_fid.beatmap.pcm import resolve_decoder
-        from beatmap_fid.extractors.inference import compile_model, warn_if_slow_precision
+        from beatmap_fid.extractors.inference import (
+            compile_model,
+            count_option,
+            flag_option,
+            warn_if_slow_precision,
+        )
 
         if precision not in PRECISIONS:
             raise ExtractorError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
             )
-        if int(window_batch) < 1:
-            raise ExtractorError("window_batch must be at least 1")
+        compile = flag_option("compile", compile)
+        window_batch = count_option("window_batch", window_batch)
         self.loaded = loaded
         self.settings = loaded.settings
         self.device = resolve_device(device)
@@ -154,8 +159,8 @@ class MapperClassifierExtractor:
         self.decoder = resolve_decoder(decoder)
         self.model = loaded.model.to(self.device).eval()
         warn_if_slow_precision(self.device, precision)
-        self.compiled = bool(compile)
-        self.window_batch = int(window_batch)
+        self.compiled = compile
+        self.window_batch = window_batch
         self._run = compile_model(self.model, self.device) if self.compiled else self.model
         self.tokenizer = make_tokenizer(loaded.tokenizer)
         self.dim = self.settings.projector_dim
