@@ -64,8 +64,9 @@ def cm3p(checkpoint: Path, device: str, name: str, **options):
 
 
 def speed_windows(extractor, folder: Path, n: int) -> tuple[list, list]:
-    """``n`` real windows at the longest token counts, and ``n`` windows of mixed lengths in
-    the order consecutive maps give them (synthetic maps when the real data is absent)."""
+    """The ``n`` longest real windows of the first song sets that give ``4 n`` windows, and
+    ``n`` windows of mixed lengths in the order consecutive maps give them (synthetic maps
+    when the real data is absent)."""
     if SONGS.is_dir():
         sources = sorted(p for p in SONGS.iterdir() if p.is_dir())
     else:
@@ -79,7 +80,7 @@ def speed_windows(extractor, folder: Path, n: int) -> tuple[list, list]:
         pool.extend(item.payload for item in items)
         if len(mixed) < n:
             mixed.extend(item.payload for item in items[: n - len(mixed)])
-        if len(pool) >= 20 * n:
+        if len(pool) >= 4 * n:
             break
     longest = sorted(pool, key=lambda p: -len(p.tokens))[:n]
     return longest, mixed
