@@ -1,37 +1,67 @@
-"""Mapper-classifier throughput: windows per second at the full whisper-base shapes.
+"""Mapper-classifier throughput at whisper-base shapes: float32 against each speed option.
 
-Compares, in the same run and on the same device:
+Options (extractor options of ``"mapper-classifier"``): ``float32`` (the default, the path that
+matches the reference), ``bfloat16`` and ``float16`` (autocast), ``compile`` (``torch.compile``,
+float32) and ``compile+bfloat16``. Each runs ``extractor.embed`` from window payloads (numpy
+audio + tokens) to float32 vectors at each batch size (``window_batch``), in the same run,
+options interleaved within each repeat; the ratio is against float32 at the same batch size.
+The first (untimed) call runs one window, or the whole batch when compiled (compiling happens
+there); its seconds are shown.
 
-- ``extractor.embed``: the extractor from window payloads (numpy audio + tokens) to float32
-  feature vectors: stacking, mel front end, model, copy back;
-- the plain model forward on tensors built beforehand (the peer: no data handling);
-- the mel front end alone: ours (FFT) against nnAudio's ``MelSpectrogram`` (1-D convolution
-  with the Fourier kernels), which the reference runs.
+``--agreement``: the same options on real windows of ``../shared/data`` (maps with audio,
+osu!standard), each window's cosine to its float32 vector and the Fréchet distance between two
+halves of the maps, from float32 vectors and from each option's.
 
-Weights are random (the shapes, not the values, set the cost). Usage::
+Weights: a whisper-base-size checkpoint with random weights (the model's own initialisation),
+written with ``save_checkpoint`` and loaded through the extractor. Usage::
 
-    python benchmarks/bench_classifier.py [--batch-sizes 1 8 32] [--repeats 2] [--device cpu]
+    python benchmarks/bench_classifier.py [--batch-sizes 1 8 32] [--repeats 1] [--threads 2]
+        [--options float32 bfloat16 compile+bfloat16] [--agreement [--maps-per-set 2]
+        [--window-step 3] [--sets N] [--cache DIR]] [--no-speed]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from fast_options import (
+    SONGS,
+    agreement_table,
+    best_time,
+    cached_vectors,
+    cpu_facts,
+    load,
+    real_windows,
+    spread,
+)
+
 from beatmap_fid.extractors.mapper_classifier.checkpoint import (
     ClassifierSettings,
-    LoadedClassifier,
     TokenizerState,
     build_model,
+    load_checkpoint,
+    save_checkpoint,
 )
 from beatmap_fid.extractors.mapper_classifier.extractor import (
     MapperClassifierExtractor,
     WindowPayload,
 )
+
+OPTIONS = {
+    "float32": {},
+    "bfloat16": {"precision": "bfloat16"},
+    "float16": {"precision": "float16"},
+    "compile": {"compile": True},
+    "compile+bfloat16": {"compile": True, "precision": "bfloat16"},
+}
 
 
 def reference_vocabulary() -> TokenizerState:
@@ -54,57 +84,54 @@ def payloads(settings: ClassifierSettings, n: int, rng: np.random.Generator) -> 
     return result
 
 
-def best_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (best kept)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def write_checkpoint(folder: Path) -> Path:
+    """A whisper-base-size classifier with random weights, saved in the reference layout."""
     tokenizer = reference_vocabulary()
     settings = ClassifierSettings.for_size(
         "base", num_classes=tokenizer.num_classes, vocab_size=tokenizer.vocab_size
     )
     torch.manual_seed(0)
-    model = build_model(settings).eval()
-    loaded = LoadedClassifier(model, settings, tokenizer, settings.to_config(), Path(), "random")
-    extractor = MapperClassifierExtractor(loaded, device=args.device)
+    return save_checkpoint(folder / "model.ckpt", build_model(settings).eval(), tokenizer)
+
+
+def warm_up(batch: list, options: dict) -> list:
+    """The first call's windows: the whole batch when compiled (one graph per shape), else one."""
+    return batch if options.get("compile") else batch[:1]
+
+
+def speed(loaded, args) -> None:
+    settings = loaded.settings
     rng = np.random.default_rng(0)
+    print(f"load before: {load()}")
     print(
-        f"whisper-base shapes: d_model {settings.d_model}, projector {settings.projector_dim}, "
-        f"{settings.window_samples} samples -> {settings.src_seq_len} mel frames x "
-        f"{settings.n_mels}, {settings.tgt_seq_len} tokens; device {args.device}, "
-        f"torch threads {torch.get_num_threads()}, best of {args.repeats}"
+        "| batch | option | windows/s | × float32 | first call s |\n|---:|---|---:|---:|---:|",
+        flush=True,
     )
-    print(f"{'batch':>5} {'embed win/s':>12} {'forward win/s':>14} {'embed/forward':>14}")
     for batch_size in args.batch_sizes:
         batch = payloads(settings, batch_size, rng)
-        samples = torch.from_numpy(np.stack([p.audio for p in batch])).to(args.device)
-        tokens = torch.from_numpy(np.stack([p.tokens for p in batch])).to(args.device)
-
-        def plain_forward(samples=samples, tokens=tokens) -> None:
-            with torch.inference_mode():
-                extractor.model(samples, tokens)
-
-        extractor.embed(batch[:1])  # warm-up
-        embed = best_time(lambda batch=batch: extractor.embed(batch), args.repeats)
-        forward = best_time(plain_forward, args.repeats)
-        print(
-            f"{batch_size:>5} {batch_size / embed:>12.3f} {batch_size / forward:>14.3f} "
-            f"{embed / forward:>14.3f}"
-        )
+        extractors, first = {}, {}
+        for name in args.options:
+            extractor = MapperClassifierExtractor(
+                loaded, device=args.device, window_batch=batch_size, **OPTIONS[name]
+            )
+            start = time.perf_counter()
+            extractor.embed(warm_up(batch, OPTIONS[name]))
+            first[name] = time.perf_counter() - start
+            extractors[name] = extractor
+        seconds = {name: float("inf") for name in args.options}
+        for _ in range(args.repeats):
+            for name, extractor in extractors.items():
+                seconds[name] = min(
+                    seconds[name], best_time(lambda e=extractor, b=batch: e.embed(b), 1)
+                )
+        for name in args.options:
+            ratio = seconds["float32"] / seconds[name] if "float32" in seconds else float("nan")
+            print(
+                f"| {batch_size} | {name} | {batch_size / seconds[name]:.3f} | {ratio:.2f} | "
+                f"{first[name]:.1f} |",
+                flush=True,
+            )
+    print(f"load after: {load()}")
 
     from nnAudio.features import MelSpectrogram as NnAudioMel
 
@@ -122,13 +149,77 @@ def main() -> None:
     audio = torch.from_numpy(np.stack([p.audio for p in payloads(settings, 32, rng)])).to(
         args.device
     )
+    spectrogram = loaded.model.spectrogram.to(args.device)
     with torch.inference_mode():
-        ours = best_time(lambda: model.spectrogram(audio), args.repeats)
+        ours = best_time(lambda: spectrogram(audio), args.repeats)
         theirs = best_time(lambda: reference_mel(audio), args.repeats)
     print(
         f"mel front end, 32 windows: ours (FFT) {32 / ours:.1f} win/s, nnAudio (conv) "
         f"{32 / theirs:.1f} win/s, ours/nnAudio time {ours / theirs:.3f}"
     )
+
+
+def agreement(loaded, args) -> None:
+    if not SONGS.is_dir():
+        print(f"no real data at {SONGS}: agreement skipped")
+        return
+    reference = MapperClassifierExtractor(loaded, device=args.device)
+    items, halves, ids = real_windows(reference, args.maps_per_set, args.window_step, args.sets)
+    payloads_ = [item.payload for item in items]
+    print(
+        f"\nreal windows: {len(items)} ({int((halves == 0).sum())} / {int((halves == 1).sum())} "
+        f"in the halves) of {len({i.split('#')[0] for i in ids})} maps; load {load()}"
+    )
+    vectors, timings = {}, {}
+    for name in args.options:
+        extractor = (
+            reference
+            if name == "float32"
+            else MapperClassifierExtractor(loaded, device=args.device, **OPTIONS[name])
+        )
+        vectors[name], timings[name] = cached_vectors(
+            args.cache, f"classifier-{name}", ids, lambda e=extractor: e.embed(payloads_)
+        )
+        shown = f"{len(ids) / timings[name]:.3f} windows/s" if timings[name] else "from cache"
+        print(f"  {name}: {shown}; load {load()}", flush=True)
+    print(f"mean cosine between different windows (float32): {spread(vectors['float32']):.4f}")
+    others = {k: v for k, v in vectors.items() if k != "float32"}
+    print("\n".join(agreement_table(vectors["float32"], others, halves)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (best kept)")
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--checkpoint", type=Path, help="a model.ckpt (default: random, base)")
+    parser.add_argument("--no-speed", action="store_true", help="skip the throughput table")
+    parser.add_argument("--agreement", action="store_true", help="agreement on real maps")
+    parser.add_argument("--maps-per-set", type=int, default=2)
+    parser.add_argument("--window-step", type=int, default=3)
+    parser.add_argument("--sets", type=int, help="only the first SETS song sets (default: all)")
+    parser.add_argument("--cache", type=Path, help="folder keeping each option's vectors")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "float32" not in args.options:
+        args.options.insert(0, "float32")
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = args.checkpoint or write_checkpoint(Path(scratch))
+        loaded = load_checkpoint(checkpoint)
+        s = loaded.settings
+        print(
+            f"whisper-base shapes: d_model {s.d_model}, projector {s.projector_dim}, "
+            f"{s.window_samples} samples -> {s.src_seq_len} mel frames x {s.n_mels}, "
+            f"{s.tgt_seq_len} tokens; device {args.device}, torch {torch.__version__}, "
+            f"threads {torch.get_num_threads()}, best of {args.repeats}\n{cpu_facts()}"
+        )
+        if not args.no_speed:
+            speed(loaded, args)
+        if args.agreement:
+            agreement(loaded, args)
 
 
 if __name__ == "__main__":

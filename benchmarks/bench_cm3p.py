@@ -1,21 +1,32 @@
-"""CM3P throughput at the released sizes, beside the mapper classifier, in float32 and bf16.
+"""CM3P throughput at the released sizes: float32 against each speed option.
 
 Sizes: beatmap tower 768 wide with 22 layers, audio tower 512 wide with 6 layers, metadata
-tower 256 wide with 6 layers (random weights written in the reference layout and loaded through
-the extractor; the shapes, not the values, set the cost). Windows are a real map's when the
-shared data is present (16 s windows of tokens and audio), else a synthetic map's. The peer is
-the mapper classifier at whisper-base shapes on windows of the same map, in the same run and on
-the same device. ``extractor.embed`` is timed from window payloads to float32 vectors (log-mel,
-model, copy back). On a machine with CUDA the GPU rows are added.
+tower 256 wide with 6 layers; random weights written in the reference layout by
+``random_checkpoint`` and loaded through the extractor (the shapes, not the values, set the
+cost). Options (extractor options of ``"cm3p"``): ``float32`` (the default, the path that
+matches the reference), ``banded`` (``attention="banded"``: local-attention layers over the
+keys their window reaches), ``bfloat16`` (weights and features in bf16, as ``calc_fid.py``
+runs it) and ``bfloat16+banded``.
 
-Usage::
+Throughput: ``extractor.embed`` from window payloads (tokens + audio) to float32 vectors, on
+real windows at the 2000-token limit (synthetic ones without ``../shared/data``), at each
+batch size (``window_batch``); options interleaved within each repeat; ratio against float32 at
+the same batch size; the first (untimed) call runs one window. Then 32 windows of mixed lengths as they come from consecutive maps, run
+8 at a time with and without ``sort_by_length``.
 
-    python benchmarks/bench_cm3p.py [--windows 4] [--repeats 1] [--devices cpu cuda]
+``--agreement``: the options on real windows of ``../shared/data`` (maps of all modes with
+audio), each window's cosine to its float32 vector and the Fréchet distance between two halves
+of the maps, from float32 vectors and from each option's. Usage::
+
+    python benchmarks/bench_cm3p.py [--batch-sizes 1 8 32] [--repeats 1] [--threads 2]
+        [--options float32 bfloat16+banded] [--agreement [--maps-per-set 1] [--window-step 3] [--sets N]
+        [--cache DIR]] [--no-speed]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,73 +34,170 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from beatmap_fid.errors import SkipLog
-
-SHARED_MAP = (
-    Path(__file__).resolve().parents[2]
-    / "shared/data/beatmaps/songs/867737 The Quick Brown Fox - The Big Black"
-    / "The Quick Brown Fox - The Big Black (Mismagius) [Extreme].osu"
+sys.path.insert(0, str(Path(__file__).parent))
+from fast_options import (
+    SONGS,
+    agreement_table,
+    best_time,
+    cached_vectors,
+    cpu_facts,
+    load,
+    real_windows,
+    spread,
 )
 
+from beatmap_fid.errors import SkipLog
+from beatmap_fid.extractors.base import build_extractor
 
-def source_map(folder: Path) -> Path:
-    """A real map with audio when the shared data is here, else a synthetic one."""
-    if SHARED_MAP.is_file():
-        return SHARED_MAP
-    from beatmap_fid.beatmap.synthetic import write_synthetic_set
-
-    return write_synthetic_set(folder / "synthetic", 1, seed=0, duration_s=80.0, audio=True)[0]
-
-
-def best_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+OPTIONS = {
+    "float32": {},
+    "banded": {"attention": "banded"},
+    "bfloat16": {"precision": "bfloat16"},
+    "bfloat16+banded": {"precision": "bfloat16", "attention": "banded"},
+}
 
 
-def classifier(device: str, precision: str):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_classifier import reference_vocabulary
-
-    from beatmap_fid.extractors.mapper_classifier.checkpoint import (
-        ClassifierSettings,
-        LoadedClassifier,
-        build_model,
+def cm3p(checkpoint: Path, device: str, name: str, **options):
+    return build_extractor(
+        "cm3p", checkpoint=str(checkpoint), device=device, **OPTIONS[name], **options
     )
-    from beatmap_fid.extractors.mapper_classifier.extractor import MapperClassifierExtractor
 
-    tokenizer = reference_vocabulary()
-    settings = ClassifierSettings.for_size(
-        "base", num_classes=tokenizer.num_classes, vocab_size=tokenizer.vocab_size
+
+def speed_windows(extractor, folder: Path, n: int) -> tuple[list, list]:
+    """The ``n`` longest real windows of the first song sets that give ``4 n`` windows, and
+    ``n`` windows of mixed lengths in the order consecutive maps give them (synthetic maps
+    when the real data is absent)."""
+    if SONGS.is_dir():
+        sources = sorted(p for p in SONGS.iterdir() if p.is_dir())
+    else:
+        from beatmap_fid.beatmap.synthetic import write_synthetic_set
+
+        write_synthetic_set(folder / "synthetic", 4, seed=0, duration_s=200.0, audio=True)
+        sources = [folder / "synthetic"]
+    mixed, pool = [], []
+    for source in sources:
+        items = list(extractor.items(source, SkipLog()))
+        pool.extend(item.payload for item in items)
+        if len(mixed) < n:
+            mixed.extend(item.payload for item in items[: n - len(mixed)])
+        if len(pool) >= 4 * n:
+            break
+    longest = sorted(pool, key=lambda p: -len(p.tokens))[:n]
+    return longest, mixed
+
+
+def warm_up(batch: list, options: dict) -> list:
+    """The first call's windows: the whole batch when compiled (one graph per shape), else one."""
+    return batch if options.get("compile") else batch[:1]
+
+
+def speed(checkpoint: Path, folder: Path, args) -> None:
+    reference = cm3p(checkpoint, args.device, "float32")
+    longest, mixed = speed_windows(reference, folder, max(args.batch_sizes))
+    print(
+        f"longest windows: {min(len(p.tokens) for p in longest)}-"
+        f"{max(len(p.tokens) for p in longest)} tokens; load before: {load()}"
     )
-    torch.manual_seed(0)
-    loaded = LoadedClassifier(
-        build_model(settings).eval(), settings, tokenizer, {}, Path(), "random"
+    print(
+        "| batch | option | windows/s | × float32 | first call s |\n|---:|---|---:|---:|---:|",
+        flush=True,
     )
-    return MapperClassifierExtractor(loaded, device=device, precision=precision)
+    for batch_size in args.batch_sizes:
+        batch = longest[:batch_size]
+        extractors, first = {}, {}
+        for name in args.options:
+            extractor = cm3p(checkpoint, args.device, name, window_batch=batch_size)
+            start = time.perf_counter()
+            extractor.embed(warm_up(batch, OPTIONS[name]))
+            first[name] = time.perf_counter() - start
+            extractors[name] = extractor
+        seconds = {name: float("inf") for name in args.options}
+        for _ in range(args.repeats):
+            for name, extractor in extractors.items():
+                seconds[name] = min(
+                    seconds[name], best_time(lambda e=extractor, b=batch: e.embed(b), 1)
+                )
+        for name in args.options:
+            print(
+                f"| {batch_size} | {name} | {batch_size / seconds[name]:.4f} | "
+                f"{seconds['float32'] / seconds[name]:.2f} | {first[name]:.1f} |",
+                flush=True,
+            )
+        del extractors
+    print(f"load after: {load()}")
+    if not args.sort_options:
+        return
+    lengths = [len(p.tokens) for p in mixed]
+    print(
+        f"\nmixed windows: {len(mixed)} of {min(lengths)}-{max(lengths)} tokens (mean "
+        f"{np.mean(lengths):.0f}), 8 per forward pass"
+    )
+    print(
+        "| option | sorted windows/s | unsorted windows/s | sorted × unsorted |\n|---|---:|---:|---:|"
+    )
+    for name in args.sort_options:
+        runs = {}
+        for sort in (True, False):
+            extractor = cm3p(checkpoint, args.device, name, window_batch=8, sort_by_length=sort)
+            extractor.embed(mixed[:1])
+            runs[sort] = best_time(lambda e=extractor: e.embed(mixed), args.repeats)
+        print(
+            f"| {name} | {len(mixed) / runs[True]:.4f} | {len(mixed) / runs[False]:.4f} | "
+            f"{runs[False] / runs[True]:.2f} |",
+            flush=True,
+        )
+    print(f"load after: {load()}")
+
+
+def agreement(checkpoint: Path, args) -> None:
+    if not SONGS.is_dir():
+        print(f"no real data at {SONGS}: agreement skipped")
+        return
+    reference = cm3p(checkpoint, args.device, "float32")
+    items, halves, ids = real_windows(reference, args.maps_per_set, args.window_step, args.sets)
+    payloads = [item.payload for item in items]
+    lengths = [len(p.tokens) for p in payloads]
+    print(
+        f"\nreal windows: {len(items)} ({int((halves == 0).sum())} / {int((halves == 1).sum())} "
+        f"in the halves) of {len({i.split('#')[0] for i in ids})} maps, {np.mean(lengths):.0f} "
+        f"tokens on average; load {load()}"
+    )
+    vectors = {}
+    for name in args.options:
+        extractor = reference if name == "float32" else cm3p(checkpoint, args.device, name)
+        vectors[name], seconds = cached_vectors(
+            args.cache, f"cm3p-{name}", ids, lambda e=extractor: e.embed(payloads)
+        )
+        shown = f"{len(ids) / seconds:.4f} windows/s" if seconds else "from cache"
+        print(f"  {name}: {shown}; load {load()}", flush=True)
+    print(f"mean cosine between different windows (float32): {spread(vectors['float32']):.4f}")
+    others = {k: v for k, v in vectors.items() if k != "float32"}
+    print("\n".join(agreement_table(vectors["float32"], others, halves)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=4, help="windows per timed run (4)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (best kept)")
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument(
-        "--devices", nargs="+", default=None, help="default: cpu, and cuda if present"
+        "--sort-options", nargs="*", default=["bfloat16+banded"], choices=list(OPTIONS)
     )
-    parser.add_argument("--checkpoint", help="an existing released-size checkpoint folder")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--checkpoint", type=Path, help="a released-size checkpoint folder")
+    parser.add_argument("--no-speed", action="store_true", help="skip the throughput tables")
+    parser.add_argument("--agreement", action="store_true", help="agreement on real maps")
+    parser.add_argument("--maps-per-set", type=int, default=1)
+    parser.add_argument("--window-step", type=int, default=3)
+    parser.add_argument("--sets", type=int, help="only the first SETS song sets (default: all)")
+    parser.add_argument("--cache", type=Path, help="folder keeping each option's vectors")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = args.devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    if "float32" not in args.options:
+        args.options.insert(0, "float32")
 
-    from beatmap_fid.beatmap.reading import read_beatmap_file
-    from beatmap_fid.extractors.base import build_extractor
     from beatmap_fid.extractors.cm3p import random_checkpoint
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -99,46 +207,14 @@ def main() -> None:
             start = time.perf_counter()
             checkpoint = random_checkpoint(folder / "cm3p-released", "released", seed=0)
             print(f"wrote a released-size checkpoint in {time.perf_counter() - start:.1f} s")
-        beatmap_file = read_beatmap_file(source_map(folder), modes=(0, 1, 2, 3))
         print(
-            f"map: {beatmap_file.path.name}; {args.windows} windows per run, best of "
-            f"{args.repeats}; torch threads {torch.get_num_threads()}"
+            f"device {args.device}, torch {torch.__version__}, threads "
+            f"{torch.get_num_threads()}, best of {args.repeats}\n{cpu_facts()}"
         )
-        rows = []
-        for device in devices:
-            peer_speed = None
-            for model_name in ("mapper-classifier", "cm3p"):
-                for precision in ("float32", "bfloat16"):
-                    if model_name == "cm3p":
-                        extractor = build_extractor(
-                            "cm3p", checkpoint=str(checkpoint), device=device, precision=precision
-                        )
-                    else:
-                        extractor = classifier(device, precision)
-                    items = extractor.beatmap_items(beatmap_file, SkipLog())[: args.windows]
-                    payloads = [item.payload for item in items]
-                    if model_name == "cm3p":
-                        tokens = int(np.mean([len(p.tokens) for p in payloads]))
-                        detail = f"{tokens} tokens/window on average"
-                    else:
-                        detail = "1024 tokens/window"
-                    extractor.embed(payloads[:1])  # warm-up
-                    seconds = best_time(lambda e=extractor, p=payloads: e.embed(p), args.repeats)
-                    speed = len(payloads) / seconds
-                    if model_name == "mapper-classifier" and precision == "float32":
-                        peer_speed = speed
-                    rows.append((device, model_name, precision, speed, peer_speed / speed, detail))
-                    print(f"  {device} {model_name} {precision}: {speed:.3f} windows/s", flush=True)
-                    del extractor
-        print()
-        print(
-            "| device | model | precision | windows/s | time vs mapper-classifier float32 | windows |"
-        )
-        print("|---|---|---|---:|---:|---|")
-        for device, model_name, precision, speed, ratio, detail in rows:
-            print(
-                f"| {device} | {model_name} | {precision} | {speed:.3f} | {ratio:.2f} | {detail} |"
-            )
+        if not args.no_speed:
+            speed(checkpoint, folder, args)
+        if args.agreement:
+            agreement(checkpoint, args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 
 from beatmap_fid.beatmap.audio_librosa import load_audio_librosa  # noqa: E402
 from beatmap_fid.beatmap.reading import parse_beatmap_text, read_beatmap_file  # noqa: E402
-from beatmap_fid.errors import SkipLog, WeightsNotFoundError  # noqa: E402
+from beatmap_fid.errors import ExtractorError, SkipLog, WeightsNotFoundError  # noqa: E402
 from beatmap_fid.extractors.base import build_extractor, config_hash  # noqa: E402
 from beatmap_fid.extractors.cm3p import random_checkpoint, read_checkpoint  # noqa: E402
 from beatmap_fid.extractors.cm3p.mel import log_mel, pad_window_audio  # noqa: E402
@@ -663,3 +663,106 @@ def test_real_maps_of_every_mode_are_read(shared_data, extractor):
         seconds = len(load_audio_librosa(beatmap_file.audio_path)) / 16000
         assert not skipped and len(items) == len(np.arange(0, seconds - 1.0, 16.0))
         assert all(len(i.payload.tokens) <= 2000 for i in items)
+
+
+# --- speed options ------------------------------------------------------------------------
+
+
+def _local_mask(batch_lengths: list[int], length: int, half_window: int):
+    """transformers' sliding-window mask for padded rows: |i − j| ≤ half_window, keys unpadded."""
+    i = torch.arange(length)
+    near = (i[:, None] - i[None, :]).abs() <= half_window
+    keys = torch.stack([i < n for n in batch_lengths])
+    return (near[None] & keys[:, None, :])[:, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_banded_attention_equals_sdpa_over_the_whole_sequence(dtype):
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from beatmap_fid.extractors.cm3p.attention import BLOCK, banded_attention
+
+    generator = torch.Generator().manual_seed(0)
+    length, half = 2 * BLOCK + 77, 20  # blocks do not divide the length
+    query, key, value = (
+        torch.randn(3, 2, length, 8, generator=generator).to(dtype) for _ in range(3)
+    )
+    mask = _local_mask([length, length - 90, 40], length, half)  # padding, and a short row
+    module = SimpleNamespace(is_causal=False, training=False)
+    full, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    banded, _ = banded_attention(
+        module, query, key, value, mask, scaling=0.3, sliding_window=half + 1
+    )
+    assert banded.shape == full.shape == (3, length, 2, 8)
+    tolerance = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(banded, full, atol=tolerance, rtol=0)
+    assert (banded[1, length - 90 + half + 1 :] == 0).all()  # keys all masked: 0, as sdpa gives
+
+
+def test_banded_attention_option_agrees_with_sdpa_and_is_recorded(
+    checkpoint, extractor, tmp_path, monkeypatch
+):
+    from beatmap_fid.extractors.cm3p import attention
+
+    folder = _song_folder(tmp_path / "song")
+    payloads = [item.payload for item in extractor.items(folder, SkipLog())]
+    banded = build_extractor("cm3p", checkpoint=str(checkpoint), device="cpu", attention="banded")
+    encoders = [
+        banded.model.beatmap_model.encoder,
+        banded.model.beatmap_model.audio_encoder.encoder,
+    ]
+    assert {e.config._attn_implementation for e in encoders} == {attention.BANDED_ATTENTION}
+    calls = []
+    band_mask = attention._band_mask
+    monkeypatch.setattr(attention, "_band_mask", lambda *a: calls.append(1) or band_mask(*a))
+    vectors = banded.embed(payloads)
+    assert calls  # the local layers did run banded
+    np.testing.assert_allclose(vectors, extractor.embed(payloads), atol=1e-6)
+    assert banded.config["attention"] == "banded" and "attention" not in extractor.config
+    assert config_hash(banded.config) != config_hash(extractor.config)
+    with pytest.raises(ExtractorError, match="attention must be one of"):
+        build_extractor("cm3p", checkpoint=str(checkpoint), device="cpu", attention="flash")
+
+
+def test_sorting_windows_by_length_keeps_each_windows_vector(checkpoint, extractor, tmp_path):
+    folder = _song_folder(tmp_path / "song")
+    (folder / "short.osu").write_text(
+        _osu([f"100,100,{1000 + 2000 * j},1,0,0:0:0:0:" for j in range(6)])
+    )
+    payloads = [item.payload for item in extractor.items(folder, SkipLog())]
+    assert len({len(p.tokens) for p in payloads}) > 2
+    unsorted = build_extractor(
+        "cm3p", checkpoint=str(checkpoint), device="cpu", sort_by_length=False, window_batch=3
+    )
+    grouped = build_extractor("cm3p", checkpoint=str(checkpoint), device="cpu", window_batch=3)
+    assert grouped.sort_by_length and config_hash(grouped.config) == config_hash(unsorted.config)
+    np.testing.assert_allclose(grouped.embed(payloads), unsorted.embed(payloads), atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "options", [{}, {"attention": "banded"}, {"precision": "bfloat16", "attention": "banded"}]
+)
+def test_cm3p_on_cuda_agrees_with_the_cpu(checkpoint, extractor, tmp_path, options):
+    folder = _song_folder(tmp_path / "song")
+    payloads = [item.payload for item in extractor.items(folder, SkipLog())]
+    on_gpu = build_extractor("cm3p", checkpoint=str(checkpoint), device="cuda", **options)
+    cosine = (on_gpu.embed(payloads) * extractor.embed(payloads)).sum(1)
+    assert cosine.min() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"attention": "flash"}, "attention must be one of"),
+        ({"sort_by_length": "no"}, "sort_by_length must be true or false"),
+        ({"window_batch": 2.5}, "window_batch must be a whole number"),
+        ({"compile": True}, "has no option 'compile'"),
+    ],
+)
+def test_invalid_speed_option_values_are_one_clear_line(checkpoint, options, message):
+    with pytest.raises(ExtractorError, match=message) as refused:
+        build_extractor("cm3p", checkpoint=str(checkpoint), device="cpu", **options)
+    assert "\n" not in str(refused.value)

@@ -27,6 +27,7 @@ from beatmap_fid.errors import ExtractorError, SkipLog, WeightsNotFoundError  # 
 from beatmap_fid.extractors.base import build_extractor, config_hash  # noqa: E402
 from beatmap_fid.extractors.mapper_classifier.checkpoint import (  # noqa: E402
     ClassifierSettings,
+    LoadedClassifier,
     TokenizerState,
     build_model,
     load_checkpoint,
@@ -34,6 +35,7 @@ from beatmap_fid.extractors.mapper_classifier.checkpoint import (  # noqa: E402
 )
 from beatmap_fid.extractors.mapper_classifier.extractor import (  # noqa: E402
     MapperClassifierExtractor,
+    WindowPayload,
 )
 from beatmap_fid.extractors.mapper_classifier.mel import MelSpectrogram  # noqa: E402
 
@@ -764,3 +766,97 @@ def test_classify_cli(shared_data, tiny_checkpoint, tmp_path, capsys):
     )
     text = _run_cli(["classify", *common[:-1], "--top", "3", "--mappers", str(users)], capsys)
     assert "First Mapper (4452992)" in text and "averaged over" in text
+
+
+# --- Speed options -------------------------------------------------------------------------------
+
+
+def _short_classifier(seed: int = 4) -> LoadedClassifier:
+    """A tiny classifier over short windows (128 mel frames and tokens), loaded as from a file."""
+    tokenizer = TokenizerState(
+        event_ranges=[("t", 0, 101), ("snap", 0, 16), ("circle", 0, 0)],
+        class_index={"Mapper A": 0, "Mapper B": 1},
+    )
+    settings = ClassifierSettings.for_size(
+        "tiny", num_classes=2, vocab_size=tokenizer.vocab_size, **TINY, **SHORT_WINDOWS
+    )
+    torch.manual_seed(seed)
+    model = build_model(settings).eval()
+    return LoadedClassifier(model, settings, tokenizer, settings.to_config(), Path(), "random")
+
+
+def _payloads(settings: ClassifierSettings, n: int) -> list[WindowPayload]:
+    samples, tokens = random_batch(settings, n)
+    tokens = tokens.clamp(max=settings.vocab_size - 1)
+    return [WindowPayload(s.numpy(), t.numpy()) for s, t in zip(samples, tokens)]
+
+
+def test_window_batch_runs_windows_in_chunks_with_the_same_vectors():
+    loaded = _short_classifier()
+    payloads = _payloads(loaded.settings, 5)
+    whole = MapperClassifierExtractor(loaded, device="cpu")
+    assert whole.window_batch == 32 and "compile" not in whole.config
+    features, logits = whole.forward(payloads)
+    chunked = MapperClassifierExtractor(loaded, device="cpu", window_batch=2)
+    chunk_features, chunk_logits = chunked.forward(payloads)
+    np.testing.assert_allclose(chunk_features, features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunk_logits, logits, rtol=1e-5, atol=1e-6)
+    assert config_hash(chunked.config) == config_hash(whole.config)  # batching is not recorded
+    assert np.abs(features[0] - features[1]).max() > 1e-3  # other windows, other vectors
+    with pytest.raises(ExtractorError, match="window_batch must be"):
+        MapperClassifierExtractor(loaded, device="cpu", window_batch=0)
+
+
+def test_bfloat16_autocast_stays_close_to_float32():
+    loaded = _short_classifier()
+    payloads = _payloads(loaded.settings, 4)
+    exact = MapperClassifierExtractor(loaded, device="cpu").embed(payloads)
+    fast = MapperClassifierExtractor(loaded, device="cpu", precision="bfloat16").embed(payloads)
+    assert cosines(fast, exact).min() > 0.999
+    assert np.abs(fast - exact).max() > 0  # it did run in bfloat16
+
+
+@pytest.mark.slow
+def test_compiled_classifier_agrees_with_float32_and_pads_the_last_chunk():
+    loaded = _short_classifier()
+    payloads = _payloads(loaded.settings, 5)
+    exact = MapperClassifierExtractor(loaded, device="cpu").embed(payloads)
+    compiled = MapperClassifierExtractor(loaded, device="cpu", compile=True, window_batch=4)
+    assert compiled.config["compile"].startswith("torch.compile")
+    vectors = compiled.embed(payloads)  # a chunk of 4, then 1 window filled up to 4
+    assert vectors.shape == exact.shape
+    np.testing.assert_allclose(vectors, exact, rtol=1e-4, atol=1e-5)
+    assert compiled.embed([]).shape == (0, compiled.dim)
+
+
+def test_compile_without_a_cxx_compiler_is_one_clear_line(monkeypatch):
+    from beatmap_fid.extractors import inference
+
+    monkeypatch.setattr(inference, "cxx_compiler", lambda: None)
+    with pytest.raises(ExtractorError, match=r"needs a C\+\+ compiler"):
+        MapperClassifierExtractor(_short_classifier(), device="cpu", compile=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("options", [{}, {"precision": "bfloat16"}, {"compile": True}])
+def test_classifier_on_cuda_agrees_with_the_cpu(options):
+    loaded = _short_classifier()
+    payloads = _payloads(loaded.settings, 3)
+    exact = MapperClassifierExtractor(loaded, device="cpu").embed(payloads)
+    on_gpu = MapperClassifierExtractor(_short_classifier(), device="cuda", **options)
+    assert cosines(on_gpu.embed(payloads), exact).min() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"compile": "yes"}, "compile must be true or false"),
+        ({"window_batch": "8"}, "window_batch must be a whole number"),
+        ({"window_batch": 0}, "window_batch must be a whole number"),
+        ({"precision": "float8"}, "precision must be one of"),
+    ],
+)
+def test_invalid_speed_option_values_are_one_clear_line(options, message):
+    with pytest.raises(ExtractorError, match=message) as refused:
+        MapperClassifierExtractor(_short_classifier(), device="cpu", **options)
+    assert "\n" not in str(refused.value)

@@ -10,6 +10,16 @@ map's own length). ``side="metadata"``: one item per map, the embedding of the m
 metadata (:func:`metadata_of`). ``precision="bfloat16"`` runs the model in bf16 as
 ``calc_fid.py`` does (weights and audio features cast to bf16).
 
+Speed options (the default, float32 with transformers' ``sdpa`` attention, is the path that
+matches the reference): ``precision="bfloat16"``; ``attention="banded"``, which computes the
+local-attention layers only over the keys their window reaches
+(:mod:`beatmap_fid.extractors.cm3p.attention`; transformers 5 or newer). ``torch.compile`` is
+not offered: window lengths vary, so each token length would compile a graph of its own.
+Windows of any maps are run ``window_batch`` at a time, grouped by token length
+(``sort_by_length``) so that a batch pads little: padding is masked, so grouping changes only
+float rounding. The agreement of each option with float32 on real maps is in
+``benchmarks/RESULTS.md``.
+
 All four game modes are read by default, as ``calc_fid.py`` evaluates them.
 """
 
@@ -27,6 +37,7 @@ from beatmap_fid.extractors.cm3p.checkpoint import DEFAULT_REPO, read_checkpoint
 
 EXTRACTOR_NAME = "cm3p"
 PRECISIONS = ("float32", "bfloat16")
+ATTENTIONS = ("sdpa", "banded")
 SIDES = ("beatmap", "metadata")
 ALL_MODES = (0, 1, 2, 3)
 WINDOW_BATCH = 8
@@ -76,20 +87,29 @@ class CM3PExtractor:
         audio: bool = True,
         side: str = "beatmap",
         window_batch: int = WINDOW_BATCH,
+        attention: str = "sdpa",
+        sort_by_length: bool = True,
     ) -> None:
         import torch
 
-        from beatmap_fid.extractors.cm3p.model import load_model
+        from beatmap_fid.extractors.cm3p.model import load_model, use_attention
         from beatmap_fid.extractors.cm3p.tokens import BeatmapTokenizer, MetadataTokenizer
+        from beatmap_fid.extractors.inference import (
+            count_option,
+            flag_option,
+            warn_if_slow_precision,
+        )
 
         if precision not in PRECISIONS:
             raise ExtractorError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
             )
+        if attention not in ATTENTIONS:
+            raise ExtractorError(
+                f"attention must be one of {', '.join(ATTENTIONS)}, not {attention!r}"
+            )
         if side not in SIDES:
             raise ExtractorError(f"side must be one of {', '.join(SIDES)}, not {side!r}")
-        if window_batch < 1:
-            raise ExtractorError("window_batch must be at least 1")
         self.checkpoint = read_checkpoint(checkpoint)
         self.device = resolve_device(device)
         self.precision = precision
@@ -97,8 +117,12 @@ class CM3PExtractor:
         self.modes = tuple(sorted({int(m) for m in modes}))
         self.audio = bool(audio)
         self.side = side
-        self.window_batch = int(window_batch)
+        self.window_batch = count_option("window_batch", window_batch)
         self.model = load_model(self.checkpoint).to(self.device, self.dtype)
+        warn_if_slow_precision(self.device, precision)
+        self.attention = attention
+        use_attention(self.model, attention)
+        self.sort_by_length = flag_option("sort_by_length", sort_by_length)
         self.tokenizer = BeatmapTokenizer(
             self.checkpoint.beatmap_tokenizer, self.checkpoint.beatmap_vocab
         )
@@ -117,6 +141,8 @@ class CM3PExtractor:
             "precision": precision,
             "modes": list(self.modes),
         }
+        if attention != "sdpa":
+            self.config["attention"] = attention
         if side == "metadata":
             self.config["star_rating"] = _rosu_version()
 
@@ -195,22 +221,26 @@ class CM3PExtractor:
         return self.window_embeds(list(payloads))
 
     def window_embeds(self, payloads: Sequence[Any]) -> np.ndarray:
-        """``beatmap_embeds`` of window payloads, float32 (n, dim)."""
+        """``beatmap_embeds`` of window payloads, float32 (n, dim), ``window_batch`` windows
+        per forward pass (grouped by token length when ``sort_by_length``)."""
         import torch
 
         from beatmap_fid.extractors.cm3p.processor import batch_tensors
 
         out = np.zeros((len(payloads), self.dim), dtype=np.float32)
+        order = np.arange(len(payloads))
+        if self.sort_by_length:
+            order = np.argsort([len(p.tokens) for p in payloads], kind="stable")
         for start in range(0, len(payloads), self.window_batch):
-            chunk = payloads[start : start + self.window_batch]
+            rows = order[start : start + self.window_batch]
             ids, mask, features = batch_tensors(
-                chunk, self.checkpoint, self.tokenizer.pad_id, self.device
+                [payloads[i] for i in rows], self.checkpoint, self.tokenizer.pad_id, self.device
             )
             if features is not None:
                 features = features.to(self.dtype)
             with torch.inference_mode():
                 embeds = self.model.beatmap_embeds(ids, mask, features)
-            out[start : start + len(chunk)] = embeds.float().cpu().numpy()
+            out[rows] = embeds.float().cpu().numpy()
         return out
 
     def metadata_embeds(self, token_ids: Sequence[np.ndarray]) -> np.ndarray:
@@ -250,6 +280,8 @@ def build_cm3p(
     audio: bool = True,
     side: str = "beatmap",
     window_batch: int = WINDOW_BATCH,
+    attention: str = "sdpa",
+    sort_by_length: bool = True,
 ) -> CM3PExtractor:
     """Factory of the ``"cm3p"`` extractor (options as :class:`CM3PExtractor`)."""
     return CM3PExtractor(
@@ -260,4 +292,6 @@ def build_cm3p(
         audio=audio,
         side=side,
         window_batch=window_batch,
+        attention=attention,
+        sort_by_length=sort_by_length,
     )

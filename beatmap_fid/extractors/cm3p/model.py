@@ -337,6 +337,23 @@ def load_model(checkpoint):
     return model.eval()
 
 
+def use_attention(model, attention: str) -> None:
+    """Run every tower of ``model`` with ``attention``: ``"sdpa"`` (transformers' own, as the
+    reference) or ``"banded"`` (:mod:`beatmap_fid.extractors.cm3p.attention`)."""
+    from beatmap_fid.extractors.cm3p.attention import register_banded_attention
+
+    name = register_banded_attention() if attention == "banded" else "sdpa"
+    for encoder in (
+        model.beatmap_model.encoder,
+        model.beatmap_model.audio_encoder.encoder,
+        model.metadata_model.encoder,
+    ):
+        if encoder.config._attn_implementation != name:
+            encoder.set_attn_implementation(name)
+        if encoder.config._attn_implementation != name:
+            raise ExtractorError(f"this transformers version cannot run attention={attention!r}")
+
+
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "released": {
         "beatmap": {

@@ -8,6 +8,13 @@ loaded as the reference loads it (integer PCM, pydub's resampling and down-mix,
 runs the classifier on a batch and returns the mean-pooled projector output (2048 or 256 values
 depending on the checkpoint). Maps without readable audio cannot be embedded and are skipped
 with the reason.
+
+Speed options (the default, float32 without compilation, is the path that matches the
+reference): ``precision="bfloat16"`` (autocast; fast on CPUs with AVX-512 BF16 or AMX) or
+``"float16"``, and ``compile=True`` (``torch.compile``, see
+:mod:`beatmap_fid.extractors.inference`). Windows of any maps are run ``window_batch`` at a
+time; attention is transformers' scaled-dot-product attention (``sdpa``), as the reference
+runs it. The agreement of each option with float32 on real maps is in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from beatmap_fid.extractors.mapper_classifier.checkpoint import (
 
 EXTRACTOR_NAME = "mapper-classifier"
 PRECISIONS = ("float32", "bfloat16", "float16")
+WINDOW_BATCH = 32
+"""Windows per forward pass (whisper-base at 32 windows needs about 2 GB)."""
 
 
 @dataclass(frozen=True)
@@ -123,13 +132,23 @@ class MapperClassifierExtractor:
         precision: str = "float32",
         modes: Collection[int] = (0,),
         decoder: str = "auto",
+        compile: bool = False,
+        window_batch: int = WINDOW_BATCH,
     ) -> None:
         from beatmap_fid.beatmap.pcm import resolve_decoder
+        from beatmap_fid.extractors.inference import (
+            compile_model,
+            count_option,
+            flag_option,
+            warn_if_slow_precision,
+        )
 
         if precision not in PRECISIONS:
             raise ExtractorError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
             )
+        compile = flag_option("compile", compile)
+        window_batch = count_option("window_batch", window_batch)
         self.loaded = loaded
         self.settings = loaded.settings
         self.device = resolve_device(device)
@@ -138,6 +157,10 @@ class MapperClassifierExtractor:
         self._audio_cache: dict[Path, np.ndarray] = {}  # the last song decoded
         self.decoder = resolve_decoder(decoder)
         self.model = loaded.model.to(self.device).eval()
+        warn_if_slow_precision(self.device, precision)
+        self.compiled = compile
+        self.window_batch = window_batch
+        self._run = compile_model(self.model, self.device) if self.compiled else self.model
         self.tokenizer = make_tokenizer(loaded.tokenizer)
         self.dim = self.settings.projector_dim
         self.config: dict[str, Any] = {
@@ -150,6 +173,8 @@ class MapperClassifierExtractor:
             "audio": f"integer PCM decoded by {self.decoder}, pydub resampling and down-mix, "
             "divided by the peak",
         }
+        if self.compiled:
+            self.config["compile"] = "torch.compile, inductor, frozen weights"
 
     def load_audio(self, path: str | Path) -> np.ndarray:
         """The classifier's waveform of an audio file: float32 mono at the model's rate."""
@@ -213,27 +238,38 @@ class MapperClassifierExtractor:
             yield from self.beatmap_items(beatmap_file, skipped)
 
     def forward(self, payloads: Sequence[WindowPayload]) -> tuple[np.ndarray, np.ndarray]:
-        """Feature vectors (n, dim) and logits (n, num_classes), float32, for a batch."""
+        """Feature vectors (n, dim) and logits (n, num_classes), float32, for a batch.
+
+        Runs ``window_batch`` windows at a time; when compiled, a shorter last chunk is filled
+        up with silent, empty windows (dropped from the result) so that one compiled graph
+        serves every chunk.
+        """
         import torch
 
-        if len(payloads) == 0:
-            return (
-                np.zeros((0, self.dim), np.float32),
-                np.zeros((0, self.settings.num_classes), np.float32),
-            )
-        samples = torch.from_numpy(np.stack([p.audio for p in payloads])).to(self.device)
-        tokens = torch.from_numpy(np.stack([p.tokens for p in payloads])).to(self.device)
+        features = np.zeros((len(payloads), self.dim), np.float32)
+        logits = np.zeros((len(payloads), self.settings.num_classes), np.float32)
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.precision)
         device_type = torch.device(self.device).type
-        with (
-            torch.inference_mode(),
-            torch.autocast(device_type, dtype=dtype, enabled=dtype is not None),
-        ):
-            output = self.model(samples, tokens)
-        return (
-            output.features.float().cpu().numpy().astype(np.float32, copy=False),
-            output.logits.float().cpu().numpy().astype(np.float32, copy=False),
-        )
+        for start in range(0, len(payloads), self.window_batch):
+            chunk = payloads[start : start + self.window_batch]
+            samples = np.stack([p.audio for p in chunk])
+            tokens = np.stack([p.tokens for p in chunk])
+            if self.compiled and len(chunk) < self.window_batch:
+                fill = self.window_batch - len(chunk)
+                samples = np.concatenate([samples, np.zeros((fill, samples.shape[1]), np.float32)])
+                tokens = np.concatenate([tokens, np.zeros((fill, tokens.shape[1]), np.int64)])
+            with (
+                torch.inference_mode(),
+                torch.autocast(device_type, dtype=dtype, enabled=dtype is not None),
+            ):
+                output = self._run(
+                    torch.from_numpy(samples).to(self.device),
+                    torch.from_numpy(tokens).to(self.device),
+                )
+            end = start + len(chunk)
+            features[start:end] = output.features[: len(chunk)].float().cpu().numpy()
+            logits[start:end] = output.logits[: len(chunk)].float().cpu().numpy()
+        return features, logits
 
     def embed(self, payloads: Sequence[WindowPayload]) -> np.ndarray:
         """Feature vectors (n, dim) float32 of a batch of window payloads."""
@@ -246,16 +282,26 @@ def build_mapper_classifier(
     precision: str = "float32",
     modes: Collection[int] = (0,),
     decoder: str = "auto",
+    compile: bool = False,
+    window_batch: int = WINDOW_BATCH,
 ) -> MapperClassifierExtractor:
     """Factory of the ``"mapper-classifier"`` extractor.
 
     ``checkpoint``: a ``model.ckpt`` path, a folder holding one, or a Hugging Face repo id
     (default ``OliBomby/osu-classifier``; needs internet access or the local HF cache).
-    ``precision``: ``float32``, or ``bfloat16``/``float16`` autocast.
+    ``precision``: ``float32`` (default, as the reference), or ``bfloat16``/``float16``
+    autocast. ``compile``: run the model through ``torch.compile``. ``window_batch``: windows
+    per forward pass.
     ``decoder``: ``auto`` (ffmpeg when on ``PATH``, else libsndfile), ``ffmpeg`` (samples
     identical to the reference's) or ``soundfile``.
     """
     loaded = load_checkpoint(checkpoint, device="cpu")
     return MapperClassifierExtractor(
-        loaded, device=device, precision=precision, modes=modes, decoder=decoder
+        loaded,
+        device=device,
+        precision=precision,
+        modes=modes,
+        decoder=decoder,
+        compile=compile,
+        window_batch=window_batch,
     )
