@@ -820,10 +820,18 @@ class StreamingFID:
         self._running = RunningGaussian(self.extractor.dim)
         self._embedder.skipped = SkipLog()
         self._embedder.n_maps = 0
+        self._fallbacks_before = len(extractor_fallbacks(self.extractor))
 
     @property
     def skipped(self) -> SkipLog:
         return self._embedder.skipped
+
+    @property
+    def fallbacks(self) -> SkipLog:
+        """Generated maps embedded with a fallback since the last reset (see
+        :class:`EmbedResult`)."""
+        entries = extractor_fallbacks(self.extractor).entries[self._fallbacks_before :]
+        return SkipLog(list(entries))
 
     @property
     def n_maps(self) -> int:

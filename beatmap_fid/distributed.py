@@ -306,7 +306,12 @@ def _init_ray(address: str | None, workers: int | None) -> Any:
                     "token authentication, set RAY_AUTH_MODE=token and the cluster's token)"
                 ) from None
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address="local",
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
     return ray
 
 

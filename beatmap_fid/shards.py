@@ -244,6 +244,14 @@ class ShardedStore:
         """The extractor configuration the vectors were made with (a fresh copy)."""
         return json.loads(self._config_json)
 
+    @property
+    def options(self) -> dict[str, Any] | None:
+        """The options the extractor was built with, as the first shard records them."""
+        if not self.shards:
+            return None
+        with self.open_shard(0) as store:
+            return store.options
+
     def __len__(self) -> int:
         return int(self._starts[-1])
 

@@ -220,7 +220,10 @@ def test_forged_audio_through_the_command_line_stays_small(tmp_path: Path) -> No
         assert reason.endswith("; windows counted from the map's length")
     fid_lines = out["fid"]["stdout"].splitlines()
     assert "3 embedded with a fallback" in fid_lines[1]
-    assert sum(line.startswith("  fallback (generated) ") for line in fid_lines) == 3
+    fid_text = out["fid"]["stdout"]
+    assert "generated: 3 embedded with a fallback, by reason:" in fid_text
+    assert "3 × audio rate too low" in fid_text
+    assert all(f"{name}.osu" in fid_text for name in files)
 
 
 @pytest.mark.realdata

@@ -35,6 +35,7 @@ def start_cluster() -> None:
     """A local Ray cluster of two CPUs: starting one takes 10-20 s on two cores."""
     path = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

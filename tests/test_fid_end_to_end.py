@@ -96,7 +96,10 @@ def test_too_few_samples_is_one_line_however_many_were_skipped(
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("beatmap-fid fid: error: ") and "\n" not in err
-    assert "0 usable item(s)" in err and "26 skipped (25 not a beatmap, 1 empty)" in err
+    assert (
+        "0 usable item(s)" in err
+        and "26 skipped: 25 not a beatmap (first: broken00.osu); 1 empty" in err
+    )
     assert "first: broken00.osu" in err
 
 

@@ -287,7 +287,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         f"{result.skipped.summary(verbose=args.verbose)}"
     )
     if result.fallbacks:
-        text += "\n" + result.fallbacks.summary(what=FALLBACK)
+        text += "\n" + result.fallbacks.summary(verbose=args.verbose, what=FALLBACK)
     emit(args, summary, text)
     if args.strict and result.skipped:
         return 1

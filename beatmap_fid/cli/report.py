@@ -202,7 +202,7 @@ def _run_score(args: argparse.Namespace) -> int:
     if result.skipped:
         lines.append(result.skipped.summary(verbose=args.verbose))
     if result.fallbacks:
-        lines.append(result.fallbacks.summary(what=FALLBACK))
+        lines.append(result.fallbacks.summary(verbose=args.verbose, what=FALLBACK))
     emit(args, summary, "\n".join(lines))
     return 0
 

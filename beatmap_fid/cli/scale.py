@@ -77,6 +77,9 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+VERBS = ("export", "import")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` and ``import`` verbs."""
     from beatmap_fid.interchange import FORMATS, ROWS_PER_FILE

@@ -288,7 +288,9 @@ def _run_nearest(args: argparse.Namespace) -> int:
         if side.summary.skipped:
             text += f"\n{name}: {side.summary.skipped.summary(verbose=args.verbose)}"
         if side.summary.fallbacks:
-            text += f"\n{name}: {side.summary.fallbacks.summary(what=FALLBACK)}"
+            text += (
+                f"\n{name}: {side.summary.fallbacks.summary(verbose=args.verbose, what=FALLBACK)}"
+            )
     emit(args, result, text)
     return 0
 
