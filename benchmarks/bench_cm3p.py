@@ -25,7 +25,6 @@ of the maps, from float32 vectors and from each option's. Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -42,6 +41,8 @@ from fast_options import (
     cached_vectors,
     cpu_facts,
     load,
+    option_parser,
+    parse_option_arguments,
     real_windows,
     spread,
 )
@@ -176,27 +177,13 @@ def agreement(checkpoint: Path, args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (best kept)")
-    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser = option_parser(
+        __doc__.splitlines()[0], list(OPTIONS), "a released-size checkpoint folder", 1
+    )
     parser.add_argument(
         "--sort-options", nargs="*", default=["bfloat16+banded"], choices=list(OPTIONS)
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--checkpoint", type=Path, help="a released-size checkpoint folder")
-    parser.add_argument("--no-speed", action="store_true", help="skip the throughput tables")
-    parser.add_argument("--agreement", action="store_true", help="agreement on real maps")
-    parser.add_argument("--maps-per-set", type=int, default=1)
-    parser.add_argument("--window-step", type=int, default=3)
-    parser.add_argument("--sets", type=int, help="only the first SETS song sets (default: all)")
-    parser.add_argument("--cache", type=Path, help="folder keeping each option's vectors")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if "float32" not in args.options:
-        args.options.insert(0, "float32")
+    args = parse_option_arguments(parser)
 
     from beatmap_fid.extractors.cm3p import random_checkpoint
 

@@ -9,6 +9,7 @@ rerun only embeds what is missing.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -19,6 +20,39 @@ from typing import Any
 import numpy as np
 
 SONGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "beatmaps" / "songs"
+
+
+def option_parser(
+    description: str, options: Sequence[str], checkpoint_help: str, maps_per_set: int
+) -> argparse.ArgumentParser:
+    """The arguments both transformer benchmarks take: cases, threads, the checkpoint and the
+    real-map agreement run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (best kept)")
+    parser.add_argument("--options", nargs="+", default=list(options), choices=list(options))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--checkpoint", type=Path, help=checkpoint_help)
+    parser.add_argument("--no-speed", action="store_true", help="skip the throughput tables")
+    parser.add_argument("--agreement", action="store_true", help="agreement on real maps")
+    parser.add_argument("--maps-per-set", type=int, default=maps_per_set)
+    parser.add_argument("--window-step", type=int, default=3)
+    parser.add_argument("--sets", type=int, help="only the first SETS song sets (default: all)")
+    parser.add_argument("--cache", type=Path, help="folder keeping each option's vectors")
+    return parser
+
+
+def parse_option_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parsed arguments, with torch's threads set and float32 (the baseline) always run."""
+    import torch
+
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "float32" not in args.options:
+        args.options.insert(0, "float32")
+    return args
 
 
 def cpu_facts() -> str:

@@ -114,7 +114,7 @@ def store_dir_of(args: argparse.Namespace) -> Iterator[str | None]:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    from beatmap_fid.api import resolve_statistics
+    from beatmap_fid.api import resolve_statistics, skip_entries
     from beatmap_fid.extractors.base import build_extractor
 
     extractor = None
@@ -138,7 +138,7 @@ def _run_stats(args: argparse.Namespace) -> int:
         "dim": stats.dim,
         "maps": summary.n_sources,
         "extractor": extractor.name if extractor else None,
-        "skipped": _skips(summary.skipped),
+        "skipped": skip_entries(summary.skipped),
     }
     text = f"{stats.n} vectors of dimension {stats.dim} -> {output}"
     if summary.skipped:
@@ -151,10 +151,6 @@ def _is_store(path: Path) -> bool:
     from beatmap_fid.api import is_store_path
 
     return is_store_path(path)
-
-
-def _skips(skipped: Any) -> list[dict[str, str]]:
-    return [{"source": s.source, "reason": s.reason} for s in skipped.entries]
 
 
 def _run_fd(args: argparse.Namespace) -> int:
